@@ -1,0 +1,32 @@
+"""buttress: resilient real-time ML prediction services.
+
+    import buttress as bt
+
+    class Order(bt.Input): ...
+    svc = bt.Service("discount", input=Order, output=Discounts)
+"""
+
+__version__ = "0.1.0"
+
+from buttress.breaker import Breaker
+from buttress.categories import Category
+from buttress.config import Settings, load_settings
+from buttress.context import RequestContext
+from buttress.interface import ContractViolation, Input, Output, field
+from buttress.service import Service
+from buttress.stages import NO_FALLBACK
+
+__all__ = [
+    "NO_FALLBACK",
+    "Breaker",
+    "Category",
+    "ContractViolation",
+    "Input",
+    "Output",
+    "RequestContext",
+    "Service",
+    "Settings",
+    "__version__",
+    "field",
+    "load_settings",
+]

@@ -1,0 +1,106 @@
+"""Settings: ``buttress.toml``, overridden by ``BUTTRESS_*`` environment variables.
+
+Built once in the app factory and passed down; there is no module-level settings object, so
+two services with different settings can live in one process. An invalid value stops the
+server at start with the offending key named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from buttress.backends import parse_backend_url
+from buttress.durations import seconds
+
+DEFAULT_CONFIG_FILE = "buttress.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BUTTRESS_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    deadline: float = Field(0.25, description="Default per-request deadline ('250ms', 0.25).")
+    max_deadline: float = Field(2.0, description="Cap on the deadline, also for X-Deadline-Ms.")
+    max_body_bytes: int = Field(1_048_576, ge=64)
+    max_json_depth: int = Field(64, ge=2, le=512)
+    backend: str = Field("memory://", description="Default backend URL for every component.")
+    events_dir: str = "var/events"
+    events_buffer: int = Field(10_000, ge=100)
+    model_threads: int = Field(2, ge=1, le=64)
+    drain_timeout: float = Field(30.0, description="Seconds to finish in-flight work on SIGTERM.")
+    admin_token: str | None = Field(None, description="Bearer token for /admin; unset = off.")
+    metrics_dir: str = "var/prometheus"
+    log_level: str = "info"
+
+    @field_validator("deadline", "max_deadline", "drain_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return seconds(value)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_url(cls, value: str) -> str:
+        parse_backend_url(value)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        levels = ("critical", "error", "warning", "info", "debug")
+        if value.lower() not in levels:
+            raise ValueError(f"must be one of {', '.join(levels)}")
+        return value.lower()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = init_settings.init_kwargs.pop("_config_file", None)  # type: ignore[attr-defined]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read ``config_file`` (or ./buttress.toml when present), then the environment.
+
+    ``overrides`` (e.g. CLI flags) win over both. Raises :class:`ConfigError` naming the key.
+    """
+    path = Path(config_file) if config_file else Path(DEFAULT_CONFIG_FILE)
+    if config_file and not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    kwargs: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    if path.is_file():
+        kwargs["_config_file"] = path
+    try:
+        return Settings(**kwargs)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(config)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown setting"
+        raise ConfigError(
+            f"invalid config value for {key!r} (BUTTRESS_{key.upper()}): {message}"
+        ) from None

@@ -1,0 +1,60 @@
+"""Everything one request accumulates on its way through the pipeline.
+
+The pipeline writes it, the transport reads it to set headers, and the event recorder turns it
+into the request's one structured event. Plain attributes with ``__slots__``: it is created
+for every request, so it stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from buttress.categories import Category
+from buttress.interface import ContractViolation
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedFallback:
+    """A stage (or the input, or a guardrail) that served a fallback, and why."""
+
+    stage: str
+    category: Category
+    detail: str = ""
+
+
+class RequestContext:
+    __slots__ = (
+        "cache",
+        "deadline",
+        "error",
+        "fallbacks",
+        "model_version",
+        "request_id",
+        "stage_ms",
+        "started",
+        "violations",
+    )
+
+    def __init__(self, request_id: str, started: float, deadline: float) -> None:
+        self.request_id = request_id
+        self.started = started
+        """``loop.time()`` when the request arrived."""
+        self.deadline = deadline
+        """``loop.time()`` by which the answer must be ready."""
+        self.fallbacks: list[AppliedFallback] = []
+        self.violations: list[ContractViolation] = []
+        self.cache = ""
+        """``hit``, ``miss``, ``bypass``, or empty when the service has no response cache."""
+        self.model_version = ""
+        self.error: AppliedFallback | None = None
+        """The failure that made the request fail (no fallback), if any."""
+        self.stage_ms: dict[str, float] = {}
+
+    def record(self, category: Category, stage: str, detail: str = "") -> None:
+        """Note that ``stage`` served (part of) its answer from a fallback."""
+        self.fallbacks.append(AppliedFallback(stage, category, detail))
+
+    @property
+    def fallback_categories(self) -> list[str]:
+        """Distinct categories in the order they happened: the ``X-Fallback`` header."""
+        return list(dict.fromkeys(f.category.value for f in self.fallbacks))

@@ -1,0 +1,53 @@
+"""Admin routes under ``/admin``, behind ``Authorization: Bearer <BUTTRESS_ADMIN_TOKEN>``.
+
+With no token configured the admin API does not exist (404), so a forgotten setting never
+leaves it open.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from buttress.runtime import Runtime
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"category": "input_invalid", "message": message,
+                                   "fields": []}}, status_code=status)
+
+
+def guarded(runtime: Runtime, endpoint: Endpoint) -> Endpoint:
+    async def check(request: Request) -> Response:
+        token = runtime.settings.admin_token
+        if not token:
+            return _error(404, "admin API disabled: set BUTTRESS_ADMIN_TOKEN to enable it")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return _error(401, "missing or wrong bearer token")
+        return await endpoint(request)
+
+    return check
+
+
+def admin_routes(runtime: Runtime) -> list[Route]:
+    async def status(request: Request) -> Response:
+        pipeline = runtime.pipeline
+        return JSONResponse({
+            "service": runtime.service.name,
+            "ready": runtime.ready,
+            "model_version": pipeline.model_version,
+            "breakers": {name: stage.breaker.state.value
+                         for name, stage in pipeline.runtimes.items() if stage.breaker},
+            "events_dropped": runtime.events.dropped,
+        })
+
+    return [Route("/admin/status", guarded(runtime, status), methods=["GET"])]

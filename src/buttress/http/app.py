@@ -1,0 +1,79 @@
+"""The ASGI application: ``/predict`` on a fast path, everything else through Starlette."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from buttress.http.admin import admin_routes
+from buttress.http.openapi import build_openapi
+from buttress.http.predict import PredictEndpoint
+from buttress.metrics import render
+
+if TYPE_CHECKING:
+    from buttress.runtime import Runtime
+
+
+class ButtressApp:
+    """Routes ``/predict`` straight to its handler; hands the rest to Starlette."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.predict = PredictEndpoint(runtime)
+        self.routes = _starlette(runtime)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/predict":
+            await self.predict(scope, receive, send)
+        else:
+            await self.routes(scope, receive, send)
+
+
+def create_app(runtime: Runtime) -> ButtressApp:
+    return ButtressApp(runtime)
+
+
+def _starlette(runtime: Runtime) -> Starlette:
+    openapi = build_openapi(runtime.service)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> Response:
+        if runtime.ready and not runtime.draining:
+            return JSONResponse({"status": "ready", "model_version":
+                                 runtime.pipeline.model_version})
+        reason = "draining" if runtime.draining else "starting"
+        return JSONResponse({"status": reason}, status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = render(runtime.metrics.registry)
+        return Response(body, media_type=content_type)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            *admin_routes(runtime),
+        ],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,197 @@
+"""Runs one validated request through the stages, with deadlines, breakers and fallbacks.
+
+The pipeline knows no HTTP: it takes a parsed input and a :class:`RequestContext` and returns
+the response body, or raises :class:`StageFailed` when a stage without a fallback failed. So
+the same pipeline can later serve a message stream or a batch job.
+
+Cost matters here (PERFORMANCE.md): stages of a level run concurrently only when there are
+several; a synchronous stage runs inline (keep them cheap; blocking work belongs in an async
+stage or the model); one ``asyncio.timeout_at`` bounds each async stage by the smaller of its
+own timeout and the request's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from buttress.breaker import BreakerState, CircuitBreaker
+from buttress.categories import Category
+from buttress.context import AppliedFallback, RequestContext
+from buttress.interface import Output, ParsedInput
+from buttress.runners import Runner, as_runner
+from buttress.stages import StageSpec, order_in_levels
+
+if TYPE_CHECKING:
+    from buttress.metrics import ServiceMetrics
+
+log = logging.getLogger("buttress.pipeline")
+
+TRACEBACK_INTERVAL = 10.0
+"""Log a stage's full traceback at most this often; in between, one line per failure."""
+
+
+class StageFailed(Exception):
+    """A stage with no fallback failed: the request cannot be answered (503)."""
+
+    def __init__(self, stage: str, category: Category, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.category = category
+
+
+class _Unavailable(Exception):
+    """Raised inside a model call when its queue refused the rows (model_unavailable)."""
+
+
+class StageRuntime:
+    """The running parts of one stage: its breaker and, for a model, its runner."""
+
+    def __init__(self, spec: StageSpec, metrics: ServiceMetrics, model_threads: int) -> None:
+        self.spec = spec
+        self.breaker: CircuitBreaker | None = spec.breaker.build() if spec.breaker else None
+        if self.breaker is not None:
+            self.breaker.on_change = lambda state: metrics.set_breaker_open(
+                spec.name, state is not BreakerState.CLOSED)
+        self.runner: Runner | None = (
+            as_runner(spec.model, model_threads) if spec.kind == "model" else None)
+        self.version = spec.version
+        self.last_traceback = -TRACEBACK_INTERVAL
+
+
+class Pipeline:
+    def __init__(
+        self, stages: list[StageSpec], responder: StageSpec, metrics: ServiceMetrics,
+        *, model_threads: int = 2,
+    ) -> None:
+        self.metrics = metrics
+        self.levels = order_in_levels(stages)
+        self.runtimes = {s.name: StageRuntime(s, metrics, model_threads) for s in stages}
+        self.responder = responder
+        models = [r for r in self.runtimes.values() if r.runner is not None]
+        self.model_version = ",".join(r.version for r in models)
+
+    async def run(self, parsed: ParsedInput, ctx: RequestContext) -> bytes:
+        request = parsed.value
+        if parsed.defaulted:
+            ctx.record(Category.INPUT_CONTRACT, "input")
+        ctx.model_version = self.model_version
+        results: dict[str, Any] = {}
+        for level in self.levels:
+            if len(level) == 1:
+                stage = level[0]
+                results[stage.name] = await self._run_stage(self.runtimes[stage.name],
+                                                             request, results, ctx)
+            else:
+                values = await asyncio.gather(*(
+                    self._run_stage(self.runtimes[s.name], request, results, ctx)
+                    for s in level))
+                for stage, value in zip(level, values, strict=True):
+                    results[stage.name] = value
+        return self._respond(request, results, ctx)
+
+    def _arguments(self, spec: StageSpec, request: Any, results: dict[str, Any],
+                   ctx: RequestContext) -> list[Any]:
+        args = [request, *(results[d] for d in spec.dependencies)]
+        if spec.wants_context:
+            args.append(ctx)
+        return args
+
+    async def _run_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                         ctx: RequestContext) -> Any:
+        spec = stage.spec
+        breaker = stage.breaker
+        if breaker is not None and not breaker.allow():
+            return self._fallback(stage, request, ctx, spec.categories.unavailable,
+                                  "circuit breaker open")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        clock = time.perf_counter()
+        args = self._arguments(spec, request, results, ctx)
+        try:
+            if spec.kind == "model":
+                value = await self._call_model(stage, args, ctx)
+            elif spec.is_async:
+                until = ctx.deadline if spec.timeout is None else min(
+                    ctx.deadline, started + spec.timeout)
+                async with asyncio.timeout_at(until):
+                    value = await spec.fn(*args)
+            else:
+                value = spec.fn(*args)
+        except TimeoutError:
+            self._failed(stage)
+            return self._fallback(stage, request, ctx, spec.categories.timeout,
+                                  f"no answer within {1000 * (time.perf_counter() - clock):.0f} ms")
+        except _Unavailable as refused:
+            if breaker is not None:
+                breaker.release_probe()
+            return self._fallback(stage, request, ctx, spec.categories.unavailable, str(refused))
+        except asyncio.CancelledError:
+            if breaker is not None:
+                breaker.release_probe()
+            raise
+        except Exception as error:
+            self._failed(stage)
+            self._log_failure(stage, error)
+            return self._fallback(stage, request, ctx, spec.categories.error,
+                                  f"{type(error).__name__}: {error}")
+        if breaker is not None:
+            breaker.record_success()
+        ctx.stage_ms[spec.name] = round(1000 * (time.perf_counter() - clock), 3)
+        return value
+
+    async def _call_model(self, stage: StageRuntime, args: list[Any],
+                          ctx: RequestContext) -> Any:
+        spec = stage.spec
+        assert stage.runner is not None
+        rows = spec.fn(*args)
+        started = asyncio.get_running_loop().time()
+        clock = time.perf_counter()
+        until = ctx.deadline if spec.timeout is None else min(ctx.deadline, started + spec.timeout)
+        async with asyncio.timeout_at(until):
+            predictions = await stage.runner.run(rows)
+        self.metrics.observe_model(spec.name, stage.version, time.perf_counter() - clock)
+        return predictions
+
+    def _failed(self, stage: StageRuntime) -> None:
+        if stage.breaker is not None:
+            stage.breaker.record_failure()
+
+    def _log_failure(self, stage: StageRuntime, error: Exception) -> None:
+        now = time.monotonic()
+        if now - stage.last_traceback >= TRACEBACK_INTERVAL:
+            stage.last_traceback = now
+            log.error("stage %s failed", stage.spec.name, exc_info=error)
+        else:
+            log.warning("stage %s failed: %s: %s", stage.spec.name, type(error).__name__, error)
+
+    def _fallback(self, stage: StageRuntime, request: Any, ctx: RequestContext,
+                  category: Category, detail: str) -> Any:
+        spec = stage.spec
+        if not spec.has_fallback:
+            ctx.error = AppliedFallback(spec.name, category, detail)
+            raise StageFailed(spec.name, category, f"stage {spec.name!r} failed: {detail}")
+        ctx.record(category, spec.name, detail)
+        return spec.fallback_value(request)
+
+    def _respond(self, request: Any, results: dict[str, Any], ctx: RequestContext) -> bytes:
+        spec = self.responder
+        try:
+            output = spec.fn(*self._arguments(spec, request, results, ctx))
+            if isinstance(output, Output):
+                return output.to_json()
+            return orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY)
+        except Exception as error:
+            log.exception("respond failed")
+            ctx.error = AppliedFallback("respond", Category.INTERNAL, str(error))
+            raise StageFailed("respond", Category.INTERNAL,
+                              f"building the response failed: {type(error).__name__}") from error
+
+    def close(self) -> None:
+        for stage in self.runtimes.values():
+            if stage.runner is not None:
+                stage.runner.close()

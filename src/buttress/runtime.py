@@ -1,0 +1,171 @@
+"""A built service: its settings, metrics, events, connections and pipeline, started and
+stopped as one. ``Runtime.answer`` serves one request end to end, independent of transport:
+it returns a status code and a body and records exactly one event and the request's metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+
+from buttress.backends import Connections
+from buttress.categories import Category
+from buttress.context import RequestContext
+from buttress.events import EventLog, EventSink, JsonlSink
+from buttress.interface import ContractViolation, InputRejected
+from buttress.metrics import ServiceMetrics, mark_worker_dead
+from buttress.pipeline import Pipeline, StageFailed
+
+if TYPE_CHECKING:
+    from buttress.config import Settings
+    from buttress.service import Service
+
+log = logging.getLogger("buttress")
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    body: bytes
+    context: RequestContext
+
+
+def error_body(
+    category: str, message: str, violations: Sequence[ContractViolation] = ()
+) -> bytes:
+    """The JSON error format of DESIGN.md."""
+    return orjson.dumps({"error": {"category": category, "message": message,
+                                   "fields": [v.as_dict() for v in violations]}})
+
+
+class Runtime:
+    def __init__(self, service: Service, settings: Settings,
+                 extra_sinks: list[EventSink] | None = None) -> None:
+        assert service.responder is not None
+        self.service = service
+        self.settings = settings
+        self.metrics = ServiceMetrics(service.name)
+        self.connections = Connections()
+        sinks: list[EventSink] = [JsonlSink(settings.events_dir), *(extra_sinks or [])]
+        self.events = EventLog(sinks, capacity=settings.events_buffer,
+                               on_dropped=self.metrics.count_events_dropped)
+        self.pipeline = Pipeline(service.stages, service.responder, self.metrics,
+                                 model_threads=settings.model_threads)
+        self.ready = False
+        self.draining = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.events.start()
+        for hook in self.service.startup_hooks:
+            await hook(self)
+        if self.service.example is not None:
+            await self._warm_up()
+        self.ready = True
+
+    async def _warm_up(self) -> None:
+        """Run the example request once so the first real request pays no cold start."""
+        example = orjson.dumps(self.service.example)
+        answer = await self.answer(example, request_id="warm-up", record=False,
+                                   deadline_s=self.settings.max_deadline)
+        if answer.status != 200:
+            log.warning("warm-up request answered %s: %s", answer.status, answer.body[:200])
+
+    async def stop(self) -> None:
+        self.ready = False
+        for hook in self.service.shutdown_hooks:
+            await hook(self)
+        self.pipeline.close()
+        await self.events.aclose()
+        await self.connections.aclose()
+        mark_worker_dead(os.getpid())
+
+    # -- one request -----------------------------------------------------------------------
+
+    def deadline_for(self, requested_ms: str | None) -> float:
+        """The request's time budget: the configured deadline, lowered by the client's
+        ``X-Deadline-Ms`` if given, never above ``max_deadline``."""
+        budget = self.settings.deadline
+        if requested_ms:
+            try:
+                budget = float(requested_ms) / 1000.0
+            except ValueError:
+                pass
+            else:
+                budget = max(0.0, budget)
+        return min(budget, self.settings.max_deadline)
+
+    async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
+                     record: bool = True) -> Answer:
+        clock = time.perf_counter()
+        started = asyncio.get_running_loop().time()  # the loop's clock: deadlines use it
+        budget = self.settings.deadline if deadline_s is None else deadline_s
+        ctx = RequestContext(request_id, started, started + budget)
+        self.metrics.in_flight.inc()
+        try:
+            status, payload = await self._serve(body, ctx)
+        finally:
+            self.metrics.in_flight.dec()
+        if record:
+            self.finish(ctx, status, time.perf_counter() - clock)
+        return Answer(status, payload, ctx)
+
+    async def _serve(self, body: bytes, ctx: RequestContext) -> tuple[int, bytes]:
+        try:
+            parsed = self.service.input.parse(body, max_depth=self.settings.max_json_depth)
+        except InputRejected as rejected:
+            ctx.violations = rejected.violations
+            return rejected.status, error_body(Category.INPUT_INVALID, rejected.message,
+                                               rejected.violations)
+        ctx.violations = parsed.violations
+        try:
+            return 200, await self.pipeline.run(parsed, ctx)
+        except StageFailed as failed:
+            return 503, error_body(failed.category, str(failed))
+        except Exception as error:  # a bug: answer, count, log; never crash the server
+            log.exception("request %s failed", ctx.request_id)
+            ctx.error = None
+            return 500, error_body(Category.INTERNAL, f"internal error: {type(error).__name__}")
+
+    def reject(self, status: int, message: str, request_id: str) -> Answer:
+        """Answer a request refused before it reached the service (e.g. 413 by transport)."""
+        now = time.monotonic()
+        ctx = RequestContext(request_id, now, now)
+        self.finish(ctx, status, 0.0)
+        return Answer(status, error_body(Category.INPUT_INVALID, message), ctx)
+
+    def finish(self, ctx: RequestContext, status: int, seconds: float) -> None:
+        """Record the request's metrics and its one event."""
+        metrics = self.metrics
+        metrics.observe_request(status, seconds)
+        for fallback in ctx.fallbacks:
+            metrics.count_fallback(fallback.stage, fallback.category)
+        for violation in ctx.violations:
+            metrics.count_violation(violation.field, violation.kind)
+        event = {
+            "ts": time.time(),
+            "service": self.service.name,
+            "request_id": ctx.request_id,
+            "status": status,
+            "latency_ms": round(seconds * 1000, 3),
+            "model_version": ctx.model_version,
+            "cache": ctx.cache,
+            "fallbacks": ctx.fallback_categories,
+            "fallback_stages": [f.stage for f in ctx.fallbacks],
+            "violations": [v.as_dict() for v in ctx.violations],
+            "error_category": (ctx.error.category.value if ctx.error else
+                               Category.INPUT_INVALID.value if 400 <= status < 500 else
+                               Category.INTERNAL.value if status >= 500 else None),
+            "error_stage": ctx.error.stage if ctx.error else None,
+            "stage_ms": ctx.stage_ms,
+            "pid": os.getpid(),
+        }
+        self.events.emit(event)

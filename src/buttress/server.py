@@ -1,0 +1,147 @@
+"""Load a service from a ``TARGET`` and run it under uvicorn.
+
+``TARGET`` is ``path/to/file.py:attr`` or ``package.module:attr``; ``attr`` is a
+:class:`~buttress.service.Service`. With ``--workers N`` uvicorn starts N processes that each
+build the app from the environment (:func:`app_from_environment`), and Prometheus runs in
+multiprocess mode so one scrape sees all of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from buttress.config import Settings, load_settings
+from buttress.metrics import MULTIPROCESS_ENV, prepare_multiprocess_dir
+from buttress.service import Service
+
+TARGET_ENV = "BUTTRESS_SERVE_TARGET"
+CONFIG_ENV = "BUTTRESS_SERVE_CONFIG"
+
+
+class TargetError(ValueError):
+    """The TARGET cannot be loaded; the message says why in one line."""
+
+
+def _module_name_for(path: Path) -> tuple[str, Path]:
+    """Dotted module name of ``path`` and the directory to import it from (the first parent
+    that is not a package), so the service file can import its siblings as a package."""
+    parts = [path.stem]
+    root = path.parent
+    while (root / "__init__.py").is_file():
+        parts.insert(0, root.name)
+        root = root.parent
+    return ".".join(parts), root
+
+
+def load_target(target: str) -> Service:
+    module_ref, sep, attr = target.rpartition(":")
+    if not sep or not module_ref or not attr:
+        raise TargetError(f"bad target {target!r}: expected 'path/to/file.py:service' "
+                          "or 'package.module:service'")
+    if module_ref.endswith(".py") or "/" in module_ref:
+        path = Path(module_ref).resolve()
+        if not path.is_file():
+            raise TargetError(f"bad target {target!r}: file {module_ref} does not exist")
+        module_name, root = _module_name_for(path)
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+    else:
+        module_name = module_ref
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise TargetError(f"bad target {target!r}: cannot import {module_name} ({error})") from None
+    service = getattr(module, attr, None)
+    if not isinstance(service, Service):
+        found = "nothing" if service is None else type(service).__name__
+        raise TargetError(f"bad target {target!r}: {attr} in {module_name} is {found}, "
+                          "not a buttress Service")
+    return service
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise TargetError(f"port {port} on {host} is already in use") from None
+            raise TargetError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def build_app(service: Service, settings: Settings) -> Any:
+    from buttress.http import create_app
+
+    return create_app(service.build(settings))
+
+
+def app_from_environment() -> Any:
+    """uvicorn's factory in each worker process."""
+    settings = load_settings(os.environ.get(CONFIG_ENV) or None)
+    service = load_target(os.environ[TARGET_ENV])
+    return build_app(service, settings)
+
+
+def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        access_log=False, loop="uvloop", http="httptools", lifespan="on",
+        timeout_graceful_shutdown=int(settings.drain_timeout), **extra)
+
+
+def serve(target: str, settings: Settings, config_file: str | None = None) -> None:
+    """Run until SIGTERM/SIGINT: then stop accepting, finish in-flight requests, exit 0."""
+    service = load_target(target)
+    ensure_port_free(settings.host, settings.port)
+    if settings.workers == 1:
+        app = build_app(service, settings)
+        server = _DrainingServer(_uvicorn_config(app, settings), app)
+        server.run()
+        return
+    # Workers re-create the app from the environment; settings travel as BUTTRESS_* variables.
+    prepare_multiprocess_dir(settings.metrics_dir)
+    os.environ[MULTIPROCESS_ENV] = str(Path(settings.metrics_dir).resolve())
+    os.environ[TARGET_ENV] = target
+    if config_file:
+        os.environ[CONFIG_ENV] = str(Path(config_file).resolve())
+    for key, value in settings.model_dump(exclude_defaults=True).items():
+        if value is not None:
+            os.environ[f"BUTTRESS_{key.upper()}"] = str(value)
+    import uvicorn
+
+    uvicorn.run(
+        "buttress.server:app_from_environment", factory=True, workers=settings.workers,
+        host=settings.host, port=settings.port, log_level=settings.log_level,
+        access_log=False, loop="uvloop", http="httptools", lifespan="on",
+        timeout_graceful_shutdown=int(settings.drain_timeout))
+
+
+class _DrainingServer:
+    """uvicorn's server, which also flips ``/readyz`` to 503 as soon as a signal arrives."""
+
+    def __init__(self, config: Any, app: Any) -> None:
+        import uvicorn
+
+        runtime = app.runtime
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                runtime.draining = True
+                super().handle_exit(sig, frame)
+
+        self._server = Server(config)
+
+    def run(self) -> None:
+        self._server.run()

@@ -1,0 +1,149 @@
+"""``bt.Service``: the declaration of a prediction service.
+
+A service is a declaration (input and output models, stages, a model, a responder, startup
+hooks). It holds no running state: :meth:`Service.build` makes a
+:class:`~buttress.runtime.Runtime` from it and a :class:`~buttress.config.Settings`, so the
+same declaration can be built twice in one process (two apps, two tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from buttress.breaker import Breaker
+from buttress.categories import Category
+from buttress.durations import Duration
+from buttress.interface import Input, Output
+from buttress.stages import (
+    MODEL_CATEGORIES,
+    NO_FALLBACK,
+    StageCategories,
+    StageSpec,
+    declare,
+    order_in_levels,
+)
+
+if TYPE_CHECKING:
+    from buttress.batching import Batch
+    from buttress.config import Settings
+    from buttress.runtime import Runtime
+
+F = TypeVar("F", bound=Callable[..., Any])
+Hook = Callable[["Runtime"], Awaitable[None]]
+DEFAULT_BREAKER = Breaker()
+
+
+class Service:
+    def __init__(
+        self,
+        name: str,
+        *,
+        input: type[Input],
+        output: type[Output] | None = None,
+        example: dict[str, Any] | None = None,
+        description: str = "",
+    ) -> None:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"service name {name!r}: use letters, digits, '-' and '_' only")
+        if not (isinstance(input, type) and issubclass(input, Input)):
+            raise TypeError("Service(input=...) must be a subclass of bt.Input")
+        self.name = name
+        self.input = input
+        self.output = output
+        self.example = example
+        """A valid request: shown in the OpenAPI document and used to warm the model up."""
+        self.description = description
+        self.stages: list[StageSpec] = []
+        self.responder: StageSpec | None = None
+        self.startup_hooks: list[Hook] = []
+        self.shutdown_hooks: list[Hook] = []
+
+    # -- declarations ----------------------------------------------------------------------
+
+    def stage(
+        self,
+        fn: F | None = None,
+        *,
+        name: str | None = None,
+        timeout: Duration | None = None,
+        fallback: Any = NO_FALLBACK,
+        category: Category = Category.INTERNAL,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+    ) -> Any:
+        """Declare a stage. ``fallback`` is a value or a function of the input; ``category``
+        is what its failures are reported as (e.g. ``features_unavailable``)."""
+
+        def register(func: F) -> F:
+            self._add(declare(func, name=name, timeout=timeout, fallback=fallback,
+                              categories=StageCategories.single(Category(category)),
+                              breaker=breaker))
+            return func
+
+        return register(fn) if fn is not None else register
+
+    def model(
+        self,
+        fn: F | None = None,
+        *,
+        model: Any,
+        version: str = "v1",
+        name: str | None = None,
+        timeout: Duration | None = None,
+        fallback: Any = NO_FALLBACK,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        batch: Batch | None = None,
+    ) -> Any:
+        """Declare the model stage. The decorated function builds the model's input rows
+        (a 2-D array) from the request and the stages it names; ``model`` (anything with
+        ``.predict(rows)``, a function of rows, or a Runner) turns them into predictions,
+        off the event loop. Errors are ``model_error``, overruns ``model_timeout``, an open
+        breaker or a full queue ``model_unavailable``."""
+
+        def register(func: F) -> F:
+            self._add(declare(func, name=name, timeout=timeout, fallback=fallback,
+                              categories=MODEL_CATEGORIES, breaker=breaker, kind="model",
+                              model=model, version=version, batch=batch))
+            return func
+
+        return register(fn) if fn is not None else register
+
+    def respond(self, fn: F) -> F:
+        """Declare the post-processing that turns stage results into the Output."""
+        self.responder = declare(fn, name="respond", timeout=None, fallback=NO_FALLBACK,
+                                 categories=StageCategories.single(Category.INTERNAL),
+                                 breaker=None, kind="respond")
+        return fn
+
+    def on_startup(self, hook: Hook) -> Hook:
+        """Run ``await hook(runtime)`` when the server starts, before it reports ready."""
+        self.startup_hooks.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: Hook) -> Hook:
+        self.shutdown_hooks.append(hook)
+        return hook
+
+    def _add(self, spec: StageSpec) -> None:
+        if any(s.name == spec.name for s in self.stages) or spec.name == "respond":
+            raise ValueError(f"service {self.name!r} already has a stage called {spec.name!r}")
+        self.stages.append(spec)
+
+    # -- building --------------------------------------------------------------------------
+
+    @property
+    def models(self) -> list[StageSpec]:
+        return [s for s in self.stages if s.kind == "model"]
+
+    def build(self, settings: Settings | None = None) -> Runtime:
+        from buttress.config import Settings
+        from buttress.runtime import Runtime
+
+        if self.responder is None:
+            raise ValueError(f"service {self.name!r} has no @<service>.respond function")
+        order_in_levels([*self.stages, self.responder])  # names an unknown dependency or cycle
+        return Runtime(self, settings or Settings())
+
+    def __repr__(self) -> str:
+        stages = ", ".join(s.name for s in self.stages)
+        return f"<Service {self.name!r} stages=[{stages}]>"
