@@ -1,0 +1,118 @@
+"""The discount demo: how much discount to give on each sub-order of an order.
+
+Serve it with ``buttress serve examples/discount/service.py:svc`` (or ``buttress demo``).
+It exercises every layer: a typed input that absorbs a renamed key (``seller_margin``) and
+wrong types, user and product feature look-ups that fall back to default features, a
+scikit-learn model behind a deadline and a circuit breaker with a default prediction.
+
+Fault injection, for the tour and the tests: an ``order_id`` starting with ``fail-model``
+makes the model stage raise (``model_error``); a client header ``X-Deadline-Ms: 1`` leaves
+the stages no time (``model_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+import buttress as bt
+from examples.discount.data import (
+    PRODUCT_DEFAULTS,
+    USER_DEFAULTS,
+    generate_products,
+    generate_users,
+)
+from examples.discount.model import DEFAULT_DISCOUNT_PCT, build_rows, clip_discount
+from examples.discount.train import load_model
+
+MODEL_VERSION = "v1"
+
+
+class User(bt.Input):
+    id: int
+    app_version: str = "unknown"
+
+
+class SubOrder(bt.Input):
+    sub_order_id: str
+    product_id: int
+    price: float
+    margin: float = bt.field(0.0, aliases=["seller_margin"])
+    quantity: int = 1
+
+
+class Order(bt.Input):
+    order_id: str
+    user: User
+    sub_orders: list[SubOrder] = bt.field(min_length=1, max_length=50)
+
+
+class Discount(bt.Output):
+    sub_order_id: str
+    discount_pct: float
+
+
+class Discounts(bt.Output):
+    order_id: str
+    discounts: list[Discount]
+
+
+EXAMPLE = {
+    "order_id": "o-1",
+    "user": {"id": 42, "app_version": "5.12.0"},
+    "sub_orders": [{"sub_order_id": "so-1", "product_id": 501, "price": 499.0,
+                    "margin": 0.18, "quantity": 1}],
+}
+
+svc = bt.Service(
+    "discount", input=Order, output=Discounts, example=EXAMPLE,
+    description="Discount percentage per sub-order of an order.",
+)
+
+USERS = generate_users()
+PRODUCTS = generate_products()
+
+
+@svc.stage(timeout="30ms", fallback=lambda order: dict(USER_DEFAULTS),
+           category=bt.Category.FEATURES_UNAVAILABLE)
+async def user_features(order: Order, ctx: bt.RequestContext) -> dict[str, Any]:
+    await asyncio.sleep(0)  # a feature-store round trip would happen here
+    features = USERS.get(order.user.id)
+    if features is None:
+        ctx.record(bt.Category.FEATURES_MISSING, "user_features", f"user {order.user.id}")
+        return dict(USER_DEFAULTS)
+    return features
+
+
+@svc.stage(timeout="30ms", fallback=lambda order: [PRODUCT_DEFAULTS] * len(order.sub_orders),
+           category=bt.Category.FEATURES_UNAVAILABLE)
+async def product_features(order: Order, ctx: bt.RequestContext) -> list[dict[str, Any]]:
+    await asyncio.sleep(0)
+    found = [PRODUCTS.get(sub.product_id) for sub in order.sub_orders]
+    missing = [sub.product_id for sub, f in zip(order.sub_orders, found, strict=True) if f is None]
+    if missing:
+        ctx.record(bt.Category.FEATURES_MISSING, "product_features", f"products {missing}")
+    return [f if f is not None else PRODUCT_DEFAULTS for f in found]
+
+
+def default_discounts(order: Order) -> np.ndarray:
+    return np.full(len(order.sub_orders), DEFAULT_DISCOUNT_PCT)
+
+
+@svc.model(model=load_model(MODEL_VERSION), version=MODEL_VERSION, timeout="100ms",
+           fallback=default_discounts, breaker=bt.Breaker(consecutive_failures=5, open_for="5s"))
+def discount_model(order: Order, user_features: dict[str, Any],
+                   product_features: list[dict[str, Any]]) -> np.ndarray:
+    if order.order_id.startswith("fail-model"):
+        raise RuntimeError("injected model failure (order_id starts with 'fail-model')")
+    return build_rows(order, user_features, product_features)
+
+
+@svc.respond
+def respond(order: Order, discount_model: np.ndarray) -> Discounts:
+    pct = clip_discount(np.asarray(discount_model, dtype=np.float64))
+    return Discounts(order_id=order.order_id, discounts=[
+        Discount(sub_order_id=sub.sub_order_id, discount_pct=round(float(p), 2))
+        for sub, p in zip(order.sub_orders, pct, strict=True)])
