@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
 import typer
 
-from buttress.config import ConfigError, load_settings
+from buttress.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(
     name="buttress", no_args_is_help=True, add_completion=False,
@@ -47,8 +48,77 @@ def serve(
         _fail(str(error))
 
 
+DEMO_TARGET = "examples/discount/service.py:svc"
+
+
+def _demo_target() -> str:
+    """The demo service: under the current directory, else next to this source checkout."""
+    from pathlib import Path
+
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        path = root / DEMO_TARGET.split(":")[0]
+        if path.is_file():
+            return f"{path}:svc"
+    raise typer.BadParameter(
+        f"cannot find {DEMO_TARGET}: run buttress demo from the buttress source checkout")
+
+
+@app.command()
+def demo(
+    host: HostOption = None,
+    port: PortOption = None,
+    traffic: Annotated[bool, typer.Option(
+        "--traffic", help="Also drive the demo with realistic synthetic traffic.")] = False,
+    redis: Annotated[str | None, typer.Option(
+        "--redis", help="Put every backend on this Redis, e.g. redis://127.0.0.1:6379/0.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the discount demo on embedded defaults (no server to install)."""
+    from buttress.server import TargetError
+    from buttress.server import serve as run_server
+
+    try:
+        settings = load_settings(config, host=host, port=port, backend=redis)
+        target = _demo_target()
+        typer.echo(f"buttress demo: serving {DEMO_TARGET} on http://{settings.host}:"
+                   f"{settings.port} (backend {settings.backend})", err=True)
+        if traffic:
+            _serve_with_traffic(target, settings)
+        else:
+            run_server(target, settings, config)
+    except (ConfigError, TargetError) as error:
+        _fail(str(error))
+
+
+def _serve_with_traffic(target: str, settings: Settings) -> None:
+    """The server in a child process, the traffic and its live display in this one."""
+    import subprocess
+
+    from buttress.server import ensure_port_free, wait_until_ready
+    from buttress.traffic import run_traffic
+
+    ensure_port_free(settings.host, settings.port)
+    env = {**os.environ, "BUTTRESS_LOG_LEVEL": "warning", "BUTTRESS_BACKEND": settings.backend}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "buttress.cli", "serve", target, "--host", settings.host,
+         "--port", str(settings.port)], env=env)
+    try:
+        base_url = f"http://{settings.host}:{settings.port}"
+        wait_until_ready(base_url, timeout=60)
+        run_traffic(base_url, duration=None, rate=200.0, concurrency=16, seed=7, display=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -79,9 +79,40 @@ def ensure_port_free(host: str, port: int) -> None:
             raise TargetError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
+def wait_until_ready(base_url: str, timeout: float = 30.0) -> None:
+    """Poll ``/readyz`` until it answers 200; raise ``TimeoutError`` after ``timeout``."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{base_url} was not ready within {timeout:.0f}s")
+
+
+def configure_logging(settings: Settings) -> None:
+    """One readable line per log record for buttress's own loggers (uvicorn keeps its own)."""
+    import logging
+
+    logger = logging.getLogger("buttress")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(settings.log_level.upper())
+
+
 def build_app(service: Service, settings: Settings) -> Any:
     from buttress.http import create_app
 
+    configure_logging(settings)
     return create_app(service.build(settings))
 
 

@@ -1,0 +1,135 @@
+"""Load-test harness: start a server pinned to one core, drive it with wrk pinned to the other.
+
+The machine is shared and noisy, so every table compares scenarios run back to back in the
+same process against a raw Starlette baseline, and reports ratios next to absolute numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_CPU = os.environ.get("BENCH_SERVER_CPU", "0")
+LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    connections: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    errors: int
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(cpu: str, argv: Sequence[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else list(argv)
+
+
+class Server:
+    """A server subprocess on a free port; ``argv`` may contain ``{port}``."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None,
+                 ready_path: str = "/readyz") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.tmp = tempfile.TemporaryDirectory(prefix="buttress-bench-")
+        full_env = {**os.environ, "BUTTRESS_EVENTS_DIR": f"{self.tmp.name}/events",
+                    "BUTTRESS_LOG_LEVEL": "warning", **(env or {})}
+        self.process = subprocess.Popen(
+            pinned(SERVER_CPU, [a.format(port=self.port) for a in argv]),
+            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._wait(ready_path)
+
+    def _wait(self, path: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            try:
+                if httpx.get(self.url + path, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.url} not ready")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.tmp.cleanup()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[{body}]==]
+"""
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(name: str, url: str, body: str, *, connections: int, duration: float = 10.0,
+        threads: int = 1) -> Result:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk (scripts/system-packages.sh)")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT.format(body=body))
+    out = subprocess.run(
+        pinned(LOAD_CPU, ["wrk", "-t", str(threads), "-c", str(connections),
+                          "-d", f"{int(duration)}s", "--latency", "-s", script.name, url]),
+        capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    p = {k: _ms(*re.match(r"([\d.]+)(\w+)", v).groups()) for k, v in lat.items()}  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*?(\d+).*?(\d+).*?(\d+).*?(\d+)", out)
+    return Result(name, connections, rps, p.get("50", 0.0), p.get("99", 0.0),
+                  int(non_2xx.group(1)) if non_2xx else 0,
+                  sum(map(int, errors.groups())) if errors else 0)
+
+
+def table(results: Sequence[Result], baseline: str) -> str:
+    """A Markdown table; ``ratio`` is requests/s relative to ``baseline`` at the same load."""
+    base = {r.connections: r.requests_per_s for r in results if r.name == baseline}
+    lines = ["| scenario | conns | req/s | ratio vs " + baseline + " | p50 ms | p99 ms | non-2xx "
+             "| socket errors |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        ratio = r.requests_per_s / base[r.connections] if base.get(r.connections) else float("nan")
+        lines.append(f"| {r.name} | {r.connections} | {r.requests_per_s:,.0f} | {ratio:.2f} | "
+                     f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.errors} |")
+    return "\n".join(lines)

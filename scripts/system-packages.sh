@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Debian packages some tests need: redis-server (tests that stop Redis start their own),
+# prometheus (promtool checks /metrics), wrk (benchmarks). Installs only what is missing, and
+# starts the machine's Redis on 127.0.0.1:6379 if nothing answers there.
+set -euo pipefail
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v wrk >/dev/null || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  mkdir -p /tmp/buttress-redis
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp/buttress-redis --logfile /tmp/buttress-redis/redis.log
+fi
