@@ -1,0 +1,26 @@
+"""``memory://`` features: a dict per entity, owned by one store (tests, demos, one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from buttress.features.table import FeatureTable, Value
+
+
+class MemoryFeatures:
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[str, dict[str, Value]]] = {}
+
+    async def fetch(self, table: FeatureTable, ids: Sequence[str]) -> list[dict[str, Value]]:
+        rows = self._rows.get(table.entity, {})
+        empty: dict[str, Value] = {}
+        # Only declared features are ever written (the store coerces them), and the store
+        # copies what it reads, so the stored dicts can be handed out as they are.
+        return [rows.get(key, empty) for key in ids]
+
+    async def write(
+        self, table: FeatureTable, rows: Sequence[tuple[str, Mapping[str, Value]]]
+    ) -> None:
+        stored = self._rows.setdefault(table.entity, {})
+        for key, features in rows:
+            stored.setdefault(key, {}).update(features)
