@@ -12,7 +12,6 @@ the stages no time (``model_timeout``).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -71,30 +70,42 @@ svc = bt.Service(
     description="Discount percentage per sub-order of an order.",
 )
 
-USERS = generate_users()
-PRODUCTS = generate_products()
+USER_TABLE = bt.FeatureTable("user", USER_DEFAULTS)
+PRODUCT_TABLE = bt.FeatureTable("product", PRODUCT_DEFAULTS)
+
+
+@svc.resource
+async def features(runtime: bt.Runtime) -> bt.FeatureStore:
+    """The feature store at ``features_url`` (default: ``backend``), seeded with the demo's
+    synthetic users and products the first time it is empty."""
+    store = bt.FeatureStore(runtime.settings.feature_store_url, [USER_TABLE, PRODUCT_TABLE],
+                         namespace=svc.name)
+    await store.open(runtime.connections)
+    if not (await store.get_many("user", [1])).found[0]:
+        await store.put_many("user", generate_users())
+        await store.put_many("product", generate_products())
+    return store
 
 
 @svc.stage(timeout="30ms", fallback=lambda order: dict(USER_DEFAULTS),
            category=bt.Category.FEATURES_UNAVAILABLE)
-async def user_features(order: Order, ctx: bt.RequestContext) -> dict[str, Any]:
-    await asyncio.sleep(0)  # a feature-store round trip would happen here
-    features = USERS.get(order.user.id)
-    if features is None:
+async def user_features(order: Order, features: bt.FeatureStore,
+                        ctx: bt.RequestContext) -> dict[str, Any]:
+    lookup = await features.get_many("user", [order.user.id])
+    if lookup.missing:
         ctx.record(bt.Category.FEATURES_MISSING, "user_features", f"user {order.user.id}")
-        return dict(USER_DEFAULTS)
-    return features
+    return lookup.rows[0]
 
 
 @svc.stage(timeout="30ms", fallback=lambda order: [PRODUCT_DEFAULTS] * len(order.sub_orders),
            category=bt.Category.FEATURES_UNAVAILABLE)
-async def product_features(order: Order, ctx: bt.RequestContext) -> list[dict[str, Any]]:
-    await asyncio.sleep(0)
-    found = [PRODUCTS.get(sub.product_id) for sub in order.sub_orders]
-    missing = [sub.product_id for sub, f in zip(order.sub_orders, found, strict=True) if f is None]
-    if missing:
-        ctx.record(bt.Category.FEATURES_MISSING, "product_features", f"products {missing}")
-    return [f if f is not None else PRODUCT_DEFAULTS for f in found]
+async def product_features(order: Order, features: bt.FeatureStore,
+                           ctx: bt.RequestContext) -> list[dict[str, Any]]:
+    lookup = await features.get_many("product", [sub.product_id for sub in order.sub_orders])
+    if lookup.missing:
+        ctx.record(bt.Category.FEATURES_MISSING, "product_features",
+                   f"products {', '.join(lookup.missing)}")
+    return list(lookup.rows)
 
 
 def default_discounts(order: Order) -> np.ndarray:

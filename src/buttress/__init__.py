@@ -12,7 +12,9 @@ from buttress.breaker import Breaker
 from buttress.categories import Category
 from buttress.config import Settings, load_settings
 from buttress.context import RequestContext
+from buttress.features import FeatureStore, FeatureTable
 from buttress.interface import ContractViolation, Input, Output, field
+from buttress.runtime import Runtime
 from buttress.service import Service
 from buttress.stages import NO_FALLBACK
 
@@ -21,9 +23,12 @@ __all__ = [
     "Breaker",
     "Category",
     "ContractViolation",
+    "FeatureStore",
+    "FeatureTable",
     "Input",
     "Output",
     "RequestContext",
+    "Runtime",
     "Service",
     "Settings",
     "__version__",

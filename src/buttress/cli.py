@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from buttress.config import ConfigError, Settings, load_settings
+from buttress.features.cli import app as features_app
 
 app = typer.Typer(
     name="buttress", no_args_is_help=True, add_completion=False,
@@ -17,6 +18,9 @@ app = typer.Typer(
 HostOption = Annotated[str | None, typer.Option("--host", help="Interface to bind.")]
 PortOption = Annotated[int | None, typer.Option("--port", help="Port to listen on.")]
 ConfigOption = Annotated[str | None, typer.Option("--config", help="Path to buttress.toml.")]
+
+
+app.add_typer(features_app, name="features", help="Load and inspect feature stores.")
 
 
 @app.callback()
@@ -49,6 +53,7 @@ def serve(
 
 
 DEMO_TARGET = "examples/discount/service.py:svc"
+DEMO_FEATURES_URL = "sqlite:///var/demo-features.db"
 
 
 def _demo_target() -> str:
@@ -79,6 +84,9 @@ def demo(
 
     try:
         settings = load_settings(config, host=host, port=port, backend=redis)
+        if settings.features_url is None and settings.backend == "memory://":
+            # the embedded default: features persist in a local SQLite file
+            settings = settings.model_copy(update={"features_url": DEMO_FEATURES_URL})
         target = _demo_target()
         typer.echo(f"buttress demo: serving {DEMO_TARGET} on http://{settings.host}:"
                    f"{settings.port} (backend {settings.backend})", err=True)
@@ -98,7 +106,8 @@ def _serve_with_traffic(target: str, settings: Settings) -> None:
     from buttress.traffic import run_traffic
 
     ensure_port_free(settings.host, settings.port)
-    env = {**os.environ, "BUTTRESS_LOG_LEVEL": "warning", "BUTTRESS_BACKEND": settings.backend}
+    env = {**os.environ, "BUTTRESS_LOG_LEVEL": "warning", "BUTTRESS_BACKEND": settings.backend,
+           "BUTTRESS_FEATURES_URL": settings.feature_store_url}
     server = subprocess.Popen(
         [sys.executable, "-m", "buttress.cli", "serve", target, "--host", settings.host,
          "--port", str(settings.port)], env=env)

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=64)
     max_json_depth: int = Field(64, ge=2, le=512)
     backend: str = Field("memory://", description="Default backend URL for every component.")
+    features_url: str | None = Field(None, description="Feature store URL; default: backend.")
     events_dir: str = "var/events"
     events_buffer: int = Field(10_000, ge=100)
     model_threads: int = Field(2, ge=1, le=64)
@@ -52,11 +53,16 @@ class Settings(BaseSettings):
     def _duration(cls, value: Any) -> float:
         return seconds(value)
 
-    @field_validator("backend")
+    @field_validator("backend", "features_url")
     @classmethod
-    def _backend_url(cls, value: str) -> str:
-        parse_backend_url(value)
+    def _backend_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_backend_url(value)
         return value
+
+    @property
+    def feature_store_url(self) -> str:
+        return self.features_url or self.backend
 
     @field_validator("log_level")
     @classmethod

@@ -54,22 +54,29 @@ class StageRuntime:
     def __init__(self, spec: StageSpec, metrics: ServiceMetrics, model_threads: int) -> None:
         self.spec = spec
         self.breaker: CircuitBreaker | None = spec.breaker.build() if spec.breaker else None
-        if self.breaker is not None:
-            self.breaker.on_change = lambda state: metrics.set_breaker_open(
-                spec.name, state is not BreakerState.CLOSED)
+        self.watch_breaker(metrics)
         self.runner: Runner | None = (
             as_runner(spec.model, model_threads) if spec.kind == "model" else None)
         self.version = spec.version
         self.last_traceback = -TRACEBACK_INTERVAL
 
+    def watch_breaker(self, metrics: ServiceMetrics) -> None:
+        """Mirror the breaker's state into the ``buttress_breaker_open`` gauge."""
+        if self.breaker is not None:
+            name = self.spec.name
+            self.breaker.on_change = lambda state: metrics.set_breaker_open(
+                name, state is not BreakerState.CLOSED)
+
 
 class Pipeline:
     def __init__(
         self, stages: list[StageSpec], responder: StageSpec, metrics: ServiceMetrics,
-        *, model_threads: int = 2,
+        *, model_threads: int = 2, resources: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.metrics = metrics
-        self.levels = order_in_levels(stages)
+        self.levels = order_in_levels(stages, provided=resources)
+        self.resources: dict[str, Any] = {}
+        """Values of the service's resources, filled in when the runtime starts."""
         self.runtimes = {s.name: StageRuntime(s, metrics, model_threads) for s in stages}
         self.responder = responder
         models = [r for r in self.runtimes.values() if r.runner is not None]
@@ -80,7 +87,7 @@ class Pipeline:
         if parsed.defaulted:
             ctx.record(Category.INPUT_CONTRACT, "input")
         ctx.model_version = self.model_version
-        results: dict[str, Any] = {}
+        results: dict[str, Any] = self.resources.copy()
         for level in self.levels:
             if len(level) == 1:
                 stage = level[0]
@@ -190,6 +197,12 @@ class Pipeline:
             ctx.error = AppliedFallback("respond", Category.INTERNAL, str(error))
             raise StageFailed("respond", Category.INTERNAL,
                               f"building the response failed: {type(error).__name__}") from error
+
+    def reset_breakers(self) -> None:
+        for stage in self.runtimes.values():
+            if stage.spec.breaker is not None:
+                stage.breaker = stage.spec.breaker.build()
+                stage.watch_breaker(self.metrics)
 
     def close(self) -> None:
         for stage in self.runtimes.values():

@@ -57,7 +57,8 @@ class Runtime:
         self.events = EventLog(sinks, capacity=settings.events_buffer,
                                on_dropped=self.metrics.count_events_dropped)
         self.pipeline = Pipeline(service.stages, service.responder, self.metrics,
-                                 model_threads=settings.model_threads)
+                                 model_threads=settings.model_threads,
+                                 resources=set(service.resources))
         self.ready = False
         self.draining = False
 
@@ -65,6 +66,8 @@ class Runtime:
 
     async def start(self) -> None:
         self.events.start()
+        for name, factory in self.service.resources.items():
+            self.pipeline.resources[name] = await factory(self)
         for hook in self.service.startup_hooks:
             await hook(self)
         if self.service.example is not None:
@@ -72,17 +75,30 @@ class Runtime:
         self.ready = True
 
     async def _warm_up(self) -> None:
-        """Run the example request once so the first real request pays no cold start."""
+        """Run the example request until every model thread has served it, so the first real
+        requests pay no cold start (thread-pool spin-up, OpenMP initialisation, lazy imports).
+        Warm-up requests are not recorded and do not count towards breakers."""
         example = orjson.dumps(self.service.example)
-        answer = await self.answer(example, request_id="warm-up", record=False,
-                                   deadline_s=self.settings.max_deadline)
-        if answer.status != 200:
-            log.warning("warm-up request answered %s: %s", answer.status, answer.body[:200])
+        for _round in range(2):
+            answers = await asyncio.gather(*(
+                self.answer(example, request_id="warm-up", record=False,
+                            deadline_s=self.settings.max_deadline)
+                for _ in range(2 * self.settings.model_threads)))
+        for answer in answers:
+            if answer.status != 200 or answer.context.fallbacks:
+                log.warning("warm-up request answered %s with fallbacks %s: %s", answer.status,
+                            answer.context.fallback_categories, answer.body[:200])
+                break
+        self.pipeline.reset_breakers()
 
     async def stop(self) -> None:
         self.ready = False
         for hook in self.service.shutdown_hooks:
             await hook(self)
+        for resource in self.pipeline.resources.values():
+            close = getattr(resource, "aclose", None)
+            if close is not None:
+                await close()
         self.pipeline.close()
         await self.events.aclose()
         await self.connections.aclose()

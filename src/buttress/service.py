@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[["Runtime"], Awaitable[None]]
+ResourceFactory = Callable[["Runtime"], Awaitable[Any]]
 DEFAULT_BREAKER = Breaker()
 
 
@@ -56,6 +57,7 @@ class Service:
         self.description = description
         self.stages: list[StageSpec] = []
         self.responder: StageSpec | None = None
+        self.resources: dict[str, ResourceFactory] = {}
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
 
@@ -115,6 +117,19 @@ class Service:
                                  breaker=None, kind="respond")
         return fn
 
+    def resource(self, factory: ResourceFactory) -> ResourceFactory:
+        """Declare a resource (a feature store, a client) built when the server starts.
+
+        ``await factory(runtime)`` returns the object; a stage receives it through a
+        parameter with the factory's name. If the object has ``aclose()``, it is awaited at
+        shutdown. Each built runtime gets its own instance.
+        """
+        name = factory.__name__
+        if name in self.resources or any(s.name == name for s in self.stages):
+            raise ValueError(f"service {self.name!r} already has a stage or resource {name!r}")
+        self.resources[name] = factory
+        return factory
+
     def on_startup(self, hook: Hook) -> Hook:
         """Run ``await hook(runtime)`` when the server starts, before it reports ready."""
         self.startup_hooks.append(hook)
@@ -125,7 +140,8 @@ class Service:
         return hook
 
     def _add(self, spec: StageSpec) -> None:
-        if any(s.name == spec.name for s in self.stages) or spec.name == "respond":
+        taken = spec.name == "respond" or spec.name in self.resources
+        if taken or any(s.name == spec.name for s in self.stages):
             raise ValueError(f"service {self.name!r} already has a stage called {spec.name!r}")
         self.stages.append(spec)
 
@@ -141,7 +157,8 @@ class Service:
 
         if self.responder is None:
             raise ValueError(f"service {self.name!r} has no @<service>.respond function")
-        order_in_levels([*self.stages, self.responder])  # names an unknown dependency or cycle
+        # fail now on an unknown dependency or a cycle
+        order_in_levels([*self.stages, self.responder], provided=set(self.resources))
         return Runtime(self, settings or Settings())
 
     def __repr__(self) -> str:

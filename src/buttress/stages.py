@@ -112,21 +112,24 @@ def declare(
     )
 
 
-def order_in_levels(stages: list[StageSpec]) -> list[list[StageSpec]]:
+def order_in_levels(
+    stages: list[StageSpec], provided: set[str] | frozenset[str] = frozenset()
+) -> list[list[StageSpec]]:
     """Group stages into levels: each level depends only on earlier ones (Kahn's algorithm).
 
-    Raises ``ValueError`` naming an unknown dependency or a cycle.
+    ``provided`` names values available before any stage runs (resources). Raises
+    ``ValueError`` naming an unknown dependency or a cycle.
     """
     by_name = {s.name: s for s in stages}
     for stage in stages:
         for dep in stage.dependencies:
-            if dep not in by_name:
-                known = ", ".join(sorted(by_name)) or "none"
+            if dep not in by_name and dep not in provided:
+                known = ", ".join(sorted({*by_name, *provided})) or "none"
                 raise ValueError(
-                    f"stage {stage.name!r} asks for {dep!r}, but no stage has that name "
-                    f"(stages: {known})"
+                    f"stage {stage.name!r} asks for {dep!r}, but no stage or resource has "
+                    f"that name (known: {known})"
                 )
-    done: set[str] = set()
+    done: set[str] = set(provided)
     levels: list[list[StageSpec]] = []
     remaining = list(stages)
     while remaining:
