@@ -1,0 +1,21 @@
+"""Dynamic server-side batching: ``Batch`` declares it, ``Batcher`` runs it."""
+
+from buttress.batching.batcher import Batcher
+from buttress.batching.errors import BatcherClosed, ExpiredInQueue, QueueFull
+from buttress.batching.observer import BatcherStats, BatchObserver
+from buttress.batching.policy import Batch
+from buttress.batching.runner import Rows, RunCancelled, Runner, in_executor
+
+__all__ = [
+    "Batch",
+    "BatchObserver",
+    "Batcher",
+    "BatcherClosed",
+    "BatcherStats",
+    "ExpiredInQueue",
+    "QueueFull",
+    "Rows",
+    "RunCancelled",
+    "Runner",
+    "in_executor",
+]

@@ -1,0 +1,52 @@
+"""Metric hooks and counters for the batcher, with no metrics library imported here.
+
+The hooks run once per batch (never per item), so a Prometheus adapter stays off the
+per-request budget: the service subclasses ``BatchObserver`` with pre-bound metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BatchObserver:
+    """Override the hooks you need; the defaults do nothing.
+
+    An exception raised by a hook is logged and swallowed: metrics never fail a request.
+    """
+
+    def batch_formed(self, rows: int, items: int, oldest_wait: float, queued_rows: int) -> None:
+        """A fresh batch left the queue: its size, its oldest item's queue wait (seconds)
+        and the rows still queued behind it (the queue depth)."""
+
+    def batch_ran(self, rows: int, items: int, seconds: float, error: BaseException | None) -> None:
+        """One model run finished (retries after a failure included), with its latency."""
+
+    def rejected(self, rows: int, queued_rows: int) -> None:
+        """``submit`` raised ``QueueFull`` for ``rows`` with ``queued_rows`` already waiting."""
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    """A snapshot of the batcher's counters, for tests and the admin view."""
+
+    batches: int
+    """Fresh batches formed from the queue (retries not included)."""
+    runs: int
+    """Model runs, retries included."""
+    rows: int
+    items: int
+    max_batch_rows: int
+    failed_runs: int
+    shed: int
+    """Submits refused with ``QueueFull``."""
+    expired: int
+    """Items skipped because their deadline passed while queued."""
+    cancelled: int
+    """Callers cancelled while waiting (their rows dropped or their result discarded)."""
+    queued_rows: int
+    running: bool
+
+    @property
+    def mean_batch_rows(self) -> float:
+        return self.rows / self.batches if self.batches else 0.0

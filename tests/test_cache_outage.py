@@ -1,0 +1,140 @@
+"""A dead or hung Redis: every call is a miss, bounded by the timeout, then by the breaker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from buttress.backends import Connections
+from buttress.breaker import Breaker
+from buttress.cache import MISS, Cache, CacheStatus, CacheUnavailable, ResponseCache
+from buttress.categories import Category
+from tests.support import PrivateRedis, unique_prefix
+from tests.test_cache_contract import FakeClock, RecordingObserver
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+TIMEOUT = 0.05  # ?timeout=50ms
+BOUND = 0.5  # one call may take the timeout plus scheduling noise on a shared machine, no more
+OPEN_CALL = 0.005  # with the breaker open a call makes no network round trip
+
+
+class Outage:
+    def __init__(self, server: PrivateRedis) -> None:
+        self.server = server
+        self.clock = FakeClock()
+        self.observer = RecordingObserver()
+        self.connections = Connections()
+        self.cache = ResponseCache(
+            Cache(url=f"{server.url}?timeout=50ms"),
+            namespace=unique_prefix("outage"),
+            observer=self.observer,
+            breaker=Breaker(consecutive_failures=3, open_for="2s"),
+            clock=self.clock,
+        )
+
+
+@pytest.fixture
+async def outage(private_redis: PrivateRedis) -> AsyncIterator[Outage]:
+    o = Outage(private_redis)
+    await o.cache.open(o.connections)
+    yield o
+    await o.cache.aclose()
+    await o.connections.aclose()
+
+
+async def timed(call: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = await call
+    return result, time.perf_counter() - start
+
+
+async def answer() -> tuple[Any, bool]:
+    return "computed", True
+
+
+async def test_stopped_redis_is_a_miss_then_the_breaker_opens_then_hits_resume(
+    outage: Outage,
+) -> None:
+    cache = outage.cache
+    assert await cache.set("k", "before")
+    assert await cache.get("k") == "before"
+
+    outage.server.stop()
+    for _ in range(3):  # consecutive_failures=3: each one bounded by the timeout
+        value, elapsed = await timed(cache.get("k"))
+        assert value is MISS
+        assert elapsed < BOUND
+    assert cache.breaker_state == "open"
+    categories = {category for category, _ in outage.observer.errors}
+    assert categories == {Category.CACHE_UNAVAILABLE}
+
+    errors_before = len(outage.observer.errors)
+    for _ in range(20):  # open: immediate miss, no network call
+        value, elapsed = await timed(cache.get("k"))
+        assert value is MISS
+        assert elapsed < OPEN_CALL
+        stored, elapsed = await timed(cache.set("k", "during"))
+        assert stored is False
+        assert elapsed < OPEN_CALL
+        lookup, elapsed = await timed(cache.get_or_compute("k", answer))
+        assert lookup == ("computed", CacheStatus.UNAVAILABLE)
+        assert elapsed < OPEN_CALL
+    assert not await cache.invalidate()
+    reported = outage.observer.errors[errors_before:]
+    assert len(reported) >= 60
+    assert all(category is Category.CACHE_UNAVAILABLE for category, _ in reported)
+    assert all(isinstance(error, CacheUnavailable) for _, error in reported)
+
+    outage.server.start()
+    assert await cache.get("k") is MISS  # still open: the breaker has not let a probe through
+    outage.clock.advance(2.0)
+    assert await cache.set("k", "after")  # the half-open probe succeeds and closes the breaker
+    assert cache.breaker_state == "closed"
+    assert await cache.get("k") == "after"
+    assert (await cache.get_or_compute("k", answer)).status is CacheStatus.HIT
+
+
+async def test_hung_redis_costs_each_call_its_timeout_until_the_breaker_opens(
+    outage: Outage,
+) -> None:
+    cache = outage.cache
+    assert await cache.set("k", "before")
+    process = outage.server.process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        for _ in range(3):
+            lookup, elapsed = await timed(cache.get_or_compute("k", answer))
+            assert lookup == ("computed", CacheStatus.UNAVAILABLE)
+            assert TIMEOUT * 0.8 < elapsed < BOUND
+        assert cache.breaker_state == "open"
+        for _ in range(20):
+            value, elapsed = await timed(cache.get("k"))
+            assert value is MISS
+            assert elapsed < OPEN_CALL
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    outage.clock.advance(2.0)
+    assert await cache.get("k") == "before"  # the probe's hit closes the breaker
+    assert cache.breaker_state == "closed"
+
+
+async def test_a_failed_probe_opens_the_breaker_again(outage: Outage) -> None:
+    cache = outage.cache
+    outage.server.stop()
+    for _ in range(3):
+        await cache.get("k")
+    assert cache.breaker_state == "open"
+    outage.clock.advance(2.0)
+    assert await cache.get("k") is MISS  # the probe fails
+    assert cache.breaker_state == "open"
+    outage.server.start()
+    outage.clock.advance(2.0)
+    assert await cache.set("k", 1)
+    assert await cache.get("k") == 1
