@@ -8,6 +8,7 @@
 
 __version__ = "0.1.0"
 
+from buttress.batching import Batch
 from buttress.breaker import Breaker
 from buttress.categories import Category
 from buttress.config import Settings, load_settings
@@ -20,6 +21,7 @@ from buttress.stages import NO_FALLBACK
 
 __all__ = [
     "NO_FALLBACK",
+    "Batch",
     "Breaker",
     "Category",
     "ContractViolation",

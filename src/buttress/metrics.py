@@ -58,6 +58,16 @@ class ServiceMetrics:
         self._model_latency = Histogram(
             "buttress_model_latency_seconds", "Time of one model call (a batch), in seconds.",
             ["service", "model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram(
+            "buttress_batch_size_rows", "Rows per model batch.", ["service", "model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.batch_wait = Histogram(
+            "buttress_batch_queue_wait_seconds",
+            "Queue wait of the oldest item of each batch, in seconds.", ["service", "model"],
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1), registry=r)
+        self.batch_queue = Gauge(
+            "buttress_batch_queue_rows", "Rows waiting in a model's batch queue.",
+            ["service", "model"], multiprocess_mode="livesum", registry=r)
         self._breaker_state = Gauge(
             "buttress_breaker_open", "1 while a stage's circuit breaker is open or half-open.",
             ["service", "stage"], multiprocess_mode="livemax", registry=r)

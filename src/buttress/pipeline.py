@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from buttress.batching import Batcher, BatcherClosed, BatchObserver, QueueFull
 from buttress.breaker import BreakerState, CircuitBreaker
 from buttress.categories import Category
 from buttress.context import AppliedFallback, RequestContext
@@ -44,8 +45,26 @@ class StageFailed(Exception):
         self.category = category
 
 
-class _Unavailable(Exception):
-    """Raised inside a model call when its queue refused the rows (model_unavailable)."""
+class _BatchMetrics(BatchObserver):
+    """The batcher's per-batch hooks bound to the service's Prometheus metrics."""
+
+    def __init__(self, metrics: ServiceMetrics, model: str, version: str) -> None:
+        service = metrics.service
+        self._rows = metrics.batch_rows.labels(service, model)
+        self._wait = metrics.batch_wait.labels(service, model)
+        self._queue = metrics.batch_queue.labels(service, model)
+        self._metrics, self._model, self._version = metrics, model, version
+
+    def batch_formed(self, rows: int, items: int, oldest_wait: float, queued_rows: int) -> None:
+        self._rows.observe(rows)
+        self._wait.observe(oldest_wait)
+        self._queue.set(queued_rows)
+
+    def batch_ran(self, rows: int, items: int, seconds: float, error: BaseException | None) -> None:
+        self._metrics.observe_model(self._model, self._version, seconds)
+
+    def rejected(self, rows: int, queued_rows: int) -> None:
+        self._queue.set(queued_rows)
 
 
 class StageRuntime:
@@ -58,6 +77,10 @@ class StageRuntime:
         self.runner: Runner | None = (
             as_runner(spec.model, model_threads) if spec.kind == "model" else None)
         self.version = spec.version
+        self.batcher: Batcher | None = None
+        if self.runner is not None and spec.batch is not None:
+            self.batcher = Batcher(spec.batch, self.runner.run,
+                                   observer=_BatchMetrics(metrics, spec.name, spec.version))
         self.last_traceback = -TRACEBACK_INTERVAL
 
     def watch_breaker(self, metrics: ServiceMetrics) -> None:
@@ -133,10 +156,12 @@ class Pipeline:
             self._failed(stage)
             return self._fallback(stage, request, ctx, spec.categories.timeout,
                                   f"no answer within {1000 * (time.perf_counter() - clock):.0f} ms")
-        except _Unavailable as refused:
+        except (QueueFull, BatcherClosed) as refused:
+            # overload shedding, not a model failure: the breaker does not count it
             if breaker is not None:
                 breaker.release_probe()
-            return self._fallback(stage, request, ctx, spec.categories.unavailable, str(refused))
+            return self._fallback(stage, request, ctx, spec.categories.unavailable,
+                                  f"{type(refused).__name__}: {refused}")
         except asyncio.CancelledError:
             if breaker is not None:
                 breaker.release_probe()
@@ -156,9 +181,12 @@ class Pipeline:
         spec = stage.spec
         assert stage.runner is not None
         rows = spec.fn(*args)
-        started = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        until = ctx.deadline if spec.timeout is None else min(ctx.deadline, now + spec.timeout)
+        if stage.batcher is not None:
+            # The batcher never holds rows past their deadline (on time.monotonic's clock).
+            return await stage.batcher.submit(rows, time.monotonic() + (until - now))
         clock = time.perf_counter()
-        until = ctx.deadline if spec.timeout is None else min(ctx.deadline, started + spec.timeout)
         async with asyncio.timeout_at(until):
             predictions = await stage.runner.run(rows)
         self.metrics.observe_model(spec.name, stage.version, time.perf_counter() - clock)
@@ -204,7 +232,10 @@ class Pipeline:
                 stage.breaker = stage.spec.breaker.build()
                 stage.watch_breaker(self.metrics)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Finish what the batchers hold, then stop the model threads."""
         for stage in self.runtimes.values():
+            if stage.batcher is not None:
+                await stage.batcher.aclose()
             if stage.runner is not None:
                 stage.runner.close()

@@ -99,7 +99,7 @@ class Runtime:
             close = getattr(resource, "aclose", None)
             if close is not None:
                 await close()
-        self.pipeline.close()
+        await self.pipeline.aclose()
         await self.events.aclose()
         await self.connections.aclose()
         mark_worker_dead(os.getpid())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -60,9 +61,12 @@ def load_target(target: str) -> Service:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         raise TargetError(f"bad target {target!r}: cannot import {module_name} ({error})") from None
-    service = getattr(module, attr, None)
+    if not hasattr(module, attr):
+        raise TargetError(f"bad target {target!r}: {module_name} has no attribute {attr!r}")
+    service = getattr(module, attr)
     if not isinstance(service, Service):
-        found = "nothing" if service is None else type(service).__name__
+        found = (f"the class {service.__name__}" if isinstance(service, type)
+                 else f"a {type(service).__name__}")
         raise TargetError(f"bad target {target!r}: {attr} in {module_name} is {found}, "
                           "not a buttress Service")
     return service
@@ -175,4 +179,9 @@ class _DrainingServer:
         self._server = Server(config)
 
     def run(self) -> None:
+        # uvicorn re-raises the signal that stopped it once it has drained, so a clean
+        # shutdown would still end as "killed by SIGTERM" (exit -15). Ignore the re-raise:
+        # uvicorn installs its own handlers for the whole run, so only that one is affected.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         self._server.run()
