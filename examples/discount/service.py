@@ -113,7 +113,8 @@ def default_discounts(order: Order) -> np.ndarray:
 
 
 @svc.model(model=load_model(MODEL_VERSION), version=MODEL_VERSION, timeout="100ms",
-           fallback=default_discounts, breaker=bt.Breaker(consecutive_failures=5, open_for="5s"))
+           fallback=default_discounts, breaker=bt.Breaker(consecutive_failures=5, open_for="5s"),
+           batch=bt.Batch(max_size=64, max_wait="2ms"))
 def discount_model(order: Order, user_features: dict[str, Any],
                    product_features: list[dict[str, Any]]) -> np.ndarray:
     if order.order_id.startswith("fail-model"):

@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from buttress.batching import Batch
 from buttress.breaker import Breaker
+from buttress.cache import Cache
 from buttress.categories import Category
 from buttress.config import Settings, load_settings
 from buttress.context import RequestContext
@@ -23,6 +24,7 @@ __all__ = [
     "NO_FALLBACK",
     "Batch",
     "Breaker",
+    "Cache",
     "Category",
     "ContractViolation",
     "FeatureStore",

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(64, ge=2, le=512)
     backend: str = Field("memory://", description="Default backend URL for every component.")
     features_url: str | None = Field(None, description="Feature store URL; default: backend.")
+    cache_url: str | None = Field(None, description="Cache URL; default: backend (memory:// "
+                                  "when backend is sqlite).")
     events_dir: str = "var/events"
     events_buffer: int = Field(10_000, ge=100)
     model_threads: int = Field(2, ge=1, le=64)
@@ -51,9 +53,13 @@ class Settings(BaseSettings):
     @field_validator("deadline", "max_deadline", "drain_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
+        # Environment values are strings: a bare number there ("0.25", as `serve --workers`
+        # hands settings to its workers) means seconds, as it does in the TOML file.
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            value = float(value)
         return seconds(value)
 
-    @field_validator("backend", "features_url")
+    @field_validator("backend", "features_url", "cache_url")
     @classmethod
     def _backend_url(cls, value: str | None) -> str | None:
         if value is not None:
@@ -63,6 +69,12 @@ class Settings(BaseSettings):
     @property
     def feature_store_url(self) -> str:
         return self.features_url or self.backend
+
+    @property
+    def cache_store_url(self) -> str:
+        """Caches live in memory or Redis; a SQLite default backend means memory."""
+        url = self.cache_url or self.backend
+        return "memory://" if url.startswith("sqlite") else url
 
     @field_validator("log_level")
     @classmethod

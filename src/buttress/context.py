@@ -24,6 +24,7 @@ class AppliedFallback:
 
 class RequestContext:
     __slots__ = (
+        "bypass_cache",
         "cache",
         "deadline",
         "error",
@@ -43,6 +44,8 @@ class RequestContext:
         """``loop.time()`` by which the answer must be ready."""
         self.fallbacks: list[AppliedFallback] = []
         self.violations: list[ContractViolation] = []
+        self.bypass_cache = False
+        """The client sent ``Cache-Control: no-cache``: compute afresh (and refresh the entry)."""
         self.cache = ""
         """``hit``, ``miss``, ``bypass``, or empty when the service has no response cache."""
         self.model_version = ""

@@ -68,6 +68,18 @@ class ServiceMetrics:
         self.batch_queue = Gauge(
             "buttress_batch_queue_rows", "Rows waiting in a model's batch queue.",
             ["service", "model"], multiprocess_mode="livesum", registry=r)
+        self.cache_lookups = Counter(
+            "buttress_cache_lookups_total", "Cache look-ups, by cache and result (hit, miss).",
+            ["service", "cache", "result"], registry=r)
+        self.cache_sets = Counter(
+            "buttress_cache_sets_total", "Values written to a cache.", ["service", "cache"],
+            registry=r)
+        self.cache_evictions = Counter(
+            "buttress_cache_evictions_total", "Entries evicted from a memory cache (LRU).",
+            ["service", "cache"], registry=r)
+        self.cache_errors = Counter(
+            "buttress_cache_errors_total", "Cache backend failures (served as misses).",
+            ["service", "cache"], registry=r)
         self._breaker_state = Gauge(
             "buttress_breaker_open", "1 while a stage's circuit breaker is open or half-open.",
             ["service", "stage"], multiprocess_mode="livemax", registry=r)

@@ -21,6 +21,7 @@ import orjson
 
 from buttress.batching import Batcher, BatcherClosed, BatchObserver, QueueFull
 from buttress.breaker import BreakerState, CircuitBreaker
+from buttress.caching import CachedComputation
 from buttress.categories import Category
 from buttress.context import AppliedFallback, RequestContext
 from buttress.interface import Output, ParsedInput
@@ -28,7 +29,10 @@ from buttress.runners import Runner, as_runner
 from buttress.stages import StageSpec, order_in_levels
 
 if TYPE_CHECKING:
+    from buttress.backends import Connections
+    from buttress.cache import Cache
     from buttress.metrics import ServiceMetrics
+    from buttress.service import Service
 
 log = logging.getLogger("buttress.pipeline")
 
@@ -70,8 +74,10 @@ class _BatchMetrics(BatchObserver):
 class StageRuntime:
     """The running parts of one stage: its breaker and, for a model, its runner."""
 
-    def __init__(self, spec: StageSpec, metrics: ServiceMetrics, model_threads: int) -> None:
+    def __init__(self, spec: StageSpec, metrics: ServiceMetrics, model_threads: int,
+                 cache: CachedComputation | None) -> None:
         self.spec = spec
+        self.cache = cache
         self.breaker: CircuitBreaker | None = spec.breaker.build() if spec.breaker else None
         self.watch_breaker(metrics)
         self.runner: Runner | None = (
@@ -92,24 +98,53 @@ class StageRuntime:
 
 
 class Pipeline:
-    def __init__(
-        self, stages: list[StageSpec], responder: StageSpec, metrics: ServiceMetrics,
-        *, model_threads: int = 2, resources: set[str] | frozenset[str] = frozenset(),
-    ) -> None:
+    def __init__(self, service: Service, metrics: ServiceMetrics, *, model_threads: int = 2,
+                 cache_url: str = "memory://") -> None:
+        assert service.responder is not None
         self.metrics = metrics
-        self.levels = order_in_levels(stages, provided=resources)
+        self.levels = order_in_levels(service.stages, provided=set(service.resources))
         self.resources: dict[str, Any] = {}
         """Values of the service's resources, filled in when the runtime starts."""
-        self.runtimes = {s.name: StageRuntime(s, metrics, model_threads) for s in stages}
-        self.responder = responder
+
+        def cache(policy: Cache | None, name: str) -> CachedComputation | None:
+            if policy is None:
+                return None
+            return CachedComputation(policy, service=service.name, name=name,
+                                     default_url=cache_url, metrics=metrics)
+
+        self.response_cache = cache(service.cache, "response")
+        self.runtimes = {s.name: StageRuntime(s, metrics, model_threads, cache(s.cache, s.name))
+                         for s in service.stages}
+        self.responder = service.responder
         models = [r for r in self.runtimes.values() if r.runner is not None]
         self.model_version = ",".join(r.version for r in models)
+
+    @property
+    def caches(self) -> list[CachedComputation]:
+        stage_caches = [r.cache for r in self.runtimes.values() if r.cache is not None]
+        return [c for c in (self.response_cache, *stage_caches) if c is not None]
+
+    async def open(self, connections: Connections) -> None:
+        for cached in self.caches:
+            await cached.cache.open(connections)
 
     async def run(self, parsed: ParsedInput, ctx: RequestContext) -> bytes:
         request = parsed.value
         if parsed.defaulted:
             ctx.record(Category.INPUT_CONTRACT, "input")
         ctx.model_version = self.model_version
+        cache = self.response_cache
+        if cache is None:
+            return await self._compute(request, ctx)
+
+        async def compute_text() -> str:
+            return (await self._compute(request, ctx)).decode()
+
+        key = cache.key(request, self.model_version)
+        body, ctx.cache = await cache.run(key, ctx, compute_text, bypass=ctx.bypass_cache)
+        return str(body).encode()
+
+    async def _compute(self, request: Any, ctx: RequestContext) -> bytes:
         results: dict[str, Any] = self.resources.copy()
         for level in self.levels:
             if len(level) == 1:
@@ -133,6 +168,15 @@ class Pipeline:
 
     async def _run_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
                          ctx: RequestContext) -> Any:
+        if stage.cache is None:
+            return await self._execute_stage(stage, request, results, ctx)
+        key = stage.cache.key(request, self.model_version)
+        value, _status = await stage.cache.run(
+            key, ctx, lambda: self._execute_stage(stage, request, results, ctx))
+        return value
+
+    async def _execute_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                             ctx: RequestContext) -> Any:
         spec = stage.spec
         breaker = stage.breaker
         if breaker is not None and not breaker.allow():
@@ -239,3 +283,5 @@ class Pipeline:
                 await stage.batcher.aclose()
             if stage.runner is not None:
                 stage.runner.close()
+        for cached in self.caches:
+            await cached.cache.aclose()

@@ -56,9 +56,8 @@ class Runtime:
         sinks: list[EventSink] = [JsonlSink(settings.events_dir), *(extra_sinks or [])]
         self.events = EventLog(sinks, capacity=settings.events_buffer,
                                on_dropped=self.metrics.count_events_dropped)
-        self.pipeline = Pipeline(service.stages, service.responder, self.metrics,
-                                 model_threads=settings.model_threads,
-                                 resources=set(service.resources))
+        self.pipeline = Pipeline(service, self.metrics, model_threads=settings.model_threads,
+                                 cache_url=settings.cache_store_url)
         self.ready = False
         self.draining = False
 
@@ -66,6 +65,7 @@ class Runtime:
 
     async def start(self) -> None:
         self.events.start()
+        await self.pipeline.open(self.connections)
         for name, factory in self.service.resources.items():
             self.pipeline.resources[name] = await factory(self)
         for hook in self.service.startup_hooks:
@@ -81,7 +81,7 @@ class Runtime:
         example = orjson.dumps(self.service.example)
         for _round in range(2):
             answers = await asyncio.gather(*(
-                self.answer(example, request_id="warm-up", record=False,
+                self.answer(example, request_id="warm-up", record=False, bypass_cache=True,
                             deadline_s=self.settings.max_deadline)
                 for _ in range(2 * self.settings.model_threads)))
         for answer in answers:
@@ -120,11 +120,12 @@ class Runtime:
         return min(budget, self.settings.max_deadline)
 
     async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
-                     record: bool = True) -> Answer:
+                     bypass_cache: bool = False, record: bool = True) -> Answer:
         clock = time.perf_counter()
         started = asyncio.get_running_loop().time()  # the loop's clock: deadlines use it
         budget = self.settings.deadline if deadline_s is None else deadline_s
         ctx = RequestContext(request_id, started, started + budget)
+        ctx.bypass_cache = bypass_cache
         self.metrics.in_flight.inc()
         try:
             status, payload = await self._serve(body, ctx)

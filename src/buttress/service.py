@@ -26,6 +26,7 @@ from buttress.stages import (
 
 if TYPE_CHECKING:
     from buttress.batching import Batch
+    from buttress.cache import Cache
     from buttress.config import Settings
     from buttress.runtime import Runtime
 
@@ -44,6 +45,7 @@ class Service:
         output: type[Output] | None = None,
         example: dict[str, Any] | None = None,
         description: str = "",
+        cache: Cache | None = None,
     ) -> None:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"service name {name!r}: use letters, digits, '-' and '_' only")
@@ -55,6 +57,9 @@ class Service:
         self.example = example
         """A valid request: shown in the OpenAPI document and used to warm the model up."""
         self.description = description
+        self.cache = cache
+        """Module-level cache of whole responses, keyed by the validated input and the model
+        version; ``None`` for none."""
         self.stages: list[StageSpec] = []
         self.responder: StageSpec | None = None
         self.resources: dict[str, ResourceFactory] = {}
@@ -72,14 +77,16 @@ class Service:
         fallback: Any = NO_FALLBACK,
         category: Category = Category.INTERNAL,
         breaker: Breaker | None = DEFAULT_BREAKER,
+        cache: Cache | None = None,
     ) -> Any:
         """Declare a stage. ``fallback`` is a value or a function of the input; ``category``
-        is what its failures are reported as (e.g. ``features_unavailable``)."""
+        is what its failures are reported as (e.g. ``features_unavailable``); ``cache``
+        caches its output (a sub-module cache; use ``Cache(key=...)`` to narrow the key)."""
 
         def register(func: F) -> F:
             self._add(declare(func, name=name, timeout=timeout, fallback=fallback,
                               categories=StageCategories.single(Category(category)),
-                              breaker=breaker))
+                              breaker=breaker, cache=cache))
             return func
 
         return register(fn) if fn is not None else register

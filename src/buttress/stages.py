@@ -20,6 +20,7 @@ from buttress.durations import Duration, seconds
 
 if TYPE_CHECKING:
     from buttress.batching import Batch
+    from buttress.cache import Cache
 
 CONTEXT_PARAMETER = "ctx"
 
@@ -68,6 +69,8 @@ class StageSpec:
     """For ``kind == "model"``: what runs the rows the stage function builds."""
     version: str = ""
     batch: Batch | None = None
+    cache: Cache | None = None
+    """Sub-module cache of this stage's output (JSON data; arrays come back as lists)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -10,6 +10,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -48,6 +49,27 @@ def admin_routes(runtime: Runtime) -> list[Route]:
             "breakers": {name: stage.breaker.state.value
                          for name, stage in pipeline.runtimes.items() if stage.breaker},
             "events_dropped": runtime.events.dropped,
+            "caches": {c.name: {**c.cache.stats().__dict__, "url": c.cache.url}
+                       for c in pipeline.caches},
         })
 
-    return [Route("/admin/status", guarded(runtime, status), methods=["GET"])]
+    async def invalidate_cache(request: Request) -> Response:
+        """``{"stage": name}`` empties that stage's cache; an empty body, the response cache
+        and every stage cache. On Redis this reaches every replica at once."""
+        body = await request.body()
+        try:
+            wanted = (orjson.loads(body) or {}).get("stage") if body else None
+        except (orjson.JSONDecodeError, AttributeError):
+            return _error(400, 'expected a JSON object like {"stage": "user_features"}')
+        caches = runtime.pipeline.caches
+        chosen = [c for c in caches if wanted is None or c.name == wanted]
+        if not chosen:
+            known = ", ".join(c.name for c in caches) or "none"
+            return _error(404, f"no cache named {wanted!r} (caches: {known})")
+        done = {c.name: await c.cache.invalidate() for c in chosen}
+        return JSONResponse({"invalidated": done})
+
+    return [
+        Route("/admin/status", guarded(runtime, status), methods=["GET"]),
+        Route("/admin/cache/invalidate", guarded(runtime, invalidate_cache), methods=["POST"]),
+    ]

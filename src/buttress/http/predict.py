@@ -28,6 +28,7 @@ class PredictEndpoint:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         request_id = deadline = None
         declared_length = 0
+        bypass_cache = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared_length = int(value) if value.isdigit() else 0
@@ -35,6 +36,8 @@ class PredictEndpoint:
                 request_id = value if REQUEST_ID.match(value) else None
             elif name == b"x-deadline-ms":
                 deadline = value.decode("latin-1")
+            elif name == b"cache-control":
+                bypass_cache = b"no-cache" in value or b"no-store" in value
         rid = request_id.decode() if request_id else os.urandom(12).hex()
         runtime = self.runtime
         if scope["method"] != "POST":
@@ -49,7 +52,8 @@ class PredictEndpoint:
                 answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
             else:
                 answer = await runtime.answer(body, request_id=rid,
-                                              deadline_s=runtime.deadline_for(deadline))
+                                              deadline_s=runtime.deadline_for(deadline),
+                                              bypass_cache=bypass_cache)
         await _send(send, answer.status, answer.body, _headers(answer, rid))
 
 
