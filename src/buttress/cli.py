@@ -103,7 +103,7 @@ def _serve_with_traffic(target: str, settings: Settings) -> None:
     import subprocess
 
     from buttress.server import ensure_port_free, wait_until_ready
-    from buttress.traffic import run_traffic
+    from buttress.traffic_display import run_traffic
 
     ensure_port_free(settings.host, settings.port)
     env = {**os.environ, "BUTTRESS_LOG_LEVEL": "warning", "BUTTRESS_BACKEND": settings.backend,
