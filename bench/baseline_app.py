@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from buttress.runners import limit_native_threads
 from examples.discount.data import generate_products, generate_users
 from examples.discount.model import as_order, build_rows, clip_discount
 from examples.discount.train import load_model
@@ -24,7 +25,8 @@ from examples.discount.train import load_model
 MODEL = load_model("v1")
 USERS = generate_users()
 PRODUCTS = generate_products()
-EXECUTOR = ThreadPoolExecutor(max_workers=2)
+# as buttress does: model threads that each cap OpenMP at one thread (no oversubscription)
+EXECUTOR = ThreadPoolExecutor(max_workers=2, initializer=limit_native_threads, initargs=(1,))
 
 
 async def predict(request: Request) -> Response:

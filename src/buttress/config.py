@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     events_dir: str = "var/events"
     events_buffer: int = Field(10_000, ge=100)
     model_threads: int = Field(2, ge=1, le=64)
+    model_native_threads: int = Field(
+        1, ge=1, le=256, description="Threads one model call may use in native code (OpenMP, "
+        "BLAS). More than one oversubscribes the cores the event loop needs.")
     drain_timeout: float = Field(30.0, description="Seconds to finish in-flight work on SIGTERM.")
     admin_token: str | None = Field(None, description="Bearer token for /admin; unset = off.")
     metrics_dir: str = "var/prometheus"

@@ -74,14 +74,14 @@ class _BatchMetrics(BatchObserver):
 class StageRuntime:
     """The running parts of one stage: its breaker and, for a model, its runner."""
 
-    def __init__(self, spec: StageSpec, metrics: ServiceMetrics, model_threads: int,
+    def __init__(self, spec: StageSpec, metrics: ServiceMetrics, threads: tuple[int, int],
                  cache: CachedComputation | None) -> None:
         self.spec = spec
         self.cache = cache
         self.breaker: CircuitBreaker | None = spec.breaker.build() if spec.breaker else None
         self.watch_breaker(metrics)
         self.runner: Runner | None = (
-            as_runner(spec.model, model_threads) if spec.kind == "model" else None)
+            as_runner(spec.model, *threads) if spec.kind == "model" else None)
         self.version = spec.version
         self.batcher: Batcher | None = None
         if self.runner is not None and spec.batch is not None:
@@ -99,7 +99,7 @@ class StageRuntime:
 
 class Pipeline:
     def __init__(self, service: Service, metrics: ServiceMetrics, *, model_threads: int = 2,
-                 cache_url: str = "memory://") -> None:
+                 native_threads: int = 1, cache_url: str = "memory://") -> None:
         assert service.responder is not None
         self.metrics = metrics
         self.levels = order_in_levels(service.stages, provided=set(service.resources))
@@ -113,7 +113,8 @@ class Pipeline:
                                      default_url=cache_url, metrics=metrics)
 
         self.response_cache = cache(service.cache, "response")
-        self.runtimes = {s.name: StageRuntime(s, metrics, model_threads, cache(s.cache, s.name))
+        threads = (model_threads, native_threads)
+        self.runtimes = {s.name: StageRuntime(s, metrics, threads, cache(s.cache, s.name))
                          for s in service.stages}
         self.responder = service.responder
         models = [r for r in self.runtimes.values() if r.runner is not None]

@@ -57,6 +57,7 @@ class Runtime:
         self.events = EventLog(sinks, capacity=settings.events_buffer,
                                on_dropped=self.metrics.count_events_dropped)
         self.pipeline = Pipeline(service, self.metrics, model_threads=settings.model_threads,
+                                 native_threads=settings.model_native_threads,
                                  cache_url=settings.cache_store_url)
         self.ready = False
         self.draining = False
