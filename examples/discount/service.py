@@ -65,8 +65,28 @@ EXAMPLE = {
                     "margin": 0.18, "quantity": 1}],
 }
 
+def discount_value(order: Order, response: Discounts) -> float:
+    """What a response hands out: price x quantity x discount_pct / 100, summed."""
+    return sum(sub.price * sub.quantity * d.discount_pct / 100
+               for sub, d in zip(order.sub_orders, response.discounts, strict=True))
+
+
+def discounted(order: Order, response: Discounts) -> float:
+    """1 for an order that got any discount: the per-user guardrail counts those."""
+    return 1.0 if any(d.discount_pct > 0 for d in response.discounts) else 0.0
+
+
+GUARDRAILS = [
+    # at most 1.5 million of discount value per minute over all users (bursts trip it)
+    bt.SlidingWindow("discount_value_per_minute", limit=1_500_000, window="1min",
+                     measure=discount_value),
+    # at most 100 discounted orders per user per hour
+    bt.FixedWindow("discounted_orders_per_user_per_hour", limit=100, window="1h",
+                   measure=discounted, key=lambda order: str(order.user.id)),
+]
+
 svc = bt.Service(
-    "discount", input=Order, output=Discounts, example=EXAMPLE,
+    "discount", input=Order, output=Discounts, example=EXAMPLE, guardrails=GUARDRAILS,
     description="Discount percentage per sub-order of an order.",
 )
 

@@ -15,6 +15,7 @@ from buttress.categories import Category
 from buttress.config import Settings, load_settings
 from buttress.context import RequestContext
 from buttress.features import FeatureStore, FeatureTable
+from buttress.guardrails import FixedWindow, SlidingWindow
 from buttress.interface import ContractViolation, Input, Output, field
 from buttress.runtime import Runtime
 from buttress.service import Service
@@ -29,12 +30,14 @@ __all__ = [
     "ContractViolation",
     "FeatureStore",
     "FeatureTable",
+    "FixedWindow",
     "Input",
     "Output",
     "RequestContext",
     "Runtime",
     "Service",
     "Settings",
+    "SlidingWindow",
     "__version__",
     "field",
     "load_settings",

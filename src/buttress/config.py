@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     features_url: str | None = Field(None, description="Feature store URL; default: backend.")
     cache_url: str | None = Field(None, description="Cache URL; default: backend (memory:// "
                                   "when backend is sqlite).")
+    guardrails_url: str | None = Field(None, description="Guardrail counters URL; default: "
+                                       "backend (memory:// when backend is sqlite).")
     events_dir: str = "var/events"
     events_buffer: int = Field(10_000, ge=100)
     model_threads: int = Field(2, ge=1, le=64)
@@ -62,7 +64,7 @@ class Settings(BaseSettings):
             value = float(value)
         return seconds(value)
 
-    @field_validator("backend", "features_url", "cache_url")
+    @field_validator("backend", "features_url", "cache_url", "guardrails_url")
     @classmethod
     def _backend_url(cls, value: str | None) -> str | None:
         if value is not None:
@@ -76,8 +78,13 @@ class Settings(BaseSettings):
     @property
     def cache_store_url(self) -> str:
         """Caches live in memory or Redis; a SQLite default backend means memory."""
-        url = self.cache_url or self.backend
-        return "memory://" if url.startswith("sqlite") else url
+        return _memory_or_redis(self.cache_url or self.backend)
+
+    @property
+    def guardrail_store_url(self) -> str:
+        """Guardrail counters live in memory or Redis; a SQLite default backend means memory."""
+        return _memory_or_redis(self.guardrails_url or self.backend)
+
 
     @field_validator("log_level")
     @classmethod
@@ -101,6 +108,10 @@ class Settings(BaseSettings):
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+
+def _memory_or_redis(url: str) -> str:
+    return "memory://" if url.startswith("sqlite") else url
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -34,6 +34,7 @@ class RequestContext:
         "stage_ms",
         "started",
         "violations",
+        "warm_up",
     )
 
     def __init__(self, request_id: str, started: float, deadline: float) -> None:
@@ -52,6 +53,8 @@ class RequestContext:
         self.error: AppliedFallback | None = None
         """The failure that made the request fail (no fallback), if any."""
         self.stage_ms: dict[str, float] = {}
+        self.warm_up = False
+        """A warm-up request: it must not spend guardrail budgets."""
 
     def record(self, category: Category, stage: str, detail: str = "") -> None:
         """Note that ``stage`` served (part of) its answer from a fallback."""

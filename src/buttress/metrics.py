@@ -80,6 +80,16 @@ class ServiceMetrics:
         self.cache_errors = Counter(
             "buttress_cache_errors_total", "Cache backend failures (served as misses).",
             ["service", "cache"], registry=r)
+        self.guardrail_trips = Counter(
+            "buttress_guardrail_trips_total", "Requests a guardrail refused (over budget).",
+            ["service", "guardrail"], registry=r)
+        self.guardrail_used = Gauge(
+            "buttress_guardrail_budget_used", "Budget used in the current window; key is empty "
+            "for a global guardrail, else one of the top keys.", ["service", "guardrail", "key"],
+            multiprocess_mode="livemax", registry=r)
+        self.guardrail_remaining = Gauge(
+            "buttress_guardrail_budget_remaining", "Budget left in the current window.",
+            ["service", "guardrail", "key"], multiprocess_mode="livemin", registry=r)
         self._breaker_state = Gauge(
             "buttress_breaker_open", "1 while a stage's circuit breaker is open or half-open.",
             ["service", "stage"], multiprocess_mode="livemax", registry=r)

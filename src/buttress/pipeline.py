@@ -24,6 +24,8 @@ from buttress.breaker import BreakerState, CircuitBreaker
 from buttress.caching import CachedComputation
 from buttress.categories import Category
 from buttress.context import AppliedFallback, RequestContext
+from buttress.guarding import GuardrailGate
+from buttress.guardrails import Guardrails
 from buttress.interface import Output, ParsedInput
 from buttress.runners import Runner, as_runner
 from buttress.stages import StageSpec, order_in_levels
@@ -38,6 +40,9 @@ log = logging.getLogger("buttress.pipeline")
 
 TRACEBACK_INTERVAL = 10.0
 """Log a stage's full traceback at most this often; in between, one line per failure."""
+
+
+_NOT_BUILT: Any = object()
 
 
 class StageFailed(Exception):
@@ -99,7 +104,8 @@ class StageRuntime:
 
 class Pipeline:
     def __init__(self, service: Service, metrics: ServiceMetrics, *, model_threads: int = 2,
-                 native_threads: int = 1, cache_url: str = "memory://") -> None:
+                 native_threads: int = 1, cache_url: str = "memory://",
+                 guardrail_url: str = "memory://") -> None:
         assert service.responder is not None
         self.metrics = metrics
         self.levels = order_in_levels(service.stages, provided=set(service.resources))
@@ -117,8 +123,14 @@ class Pipeline:
         self.runtimes = {s.name: StageRuntime(s, metrics, threads, cache(s.cache, s.name))
                          for s in service.stages}
         self.responder = service.responder
+        self.output_model = service.output
         models = [r for r in self.runtimes.values() if r.runner is not None]
         self.model_version = ",".join(r.version for r in models)
+        self.model_stages = frozenset(r.spec.name for r in models)
+        self.gate: GuardrailGate | None = None
+        if service.guardrails:
+            self.gate = GuardrailGate(
+                Guardrails(service.guardrails, guardrail_url, namespace=service.name), metrics)
 
     @property
     def caches(self) -> list[CachedComputation]:
@@ -128,6 +140,9 @@ class Pipeline:
     async def open(self, connections: Connections) -> None:
         for cached in self.caches:
             await cached.cache.open(connections)
+        if self.gate is not None:
+            await self.gate.guardrails.open(connections)
+            self.gate.start()
 
     async def run(self, parsed: ParsedInput, ctx: RequestContext) -> bytes:
         request = parsed.value
@@ -135,24 +150,62 @@ class Pipeline:
             ctx.record(Category.INPUT_CONTRACT, "input")
         ctx.model_version = self.model_version
         cache = self.response_cache
+        body: bytes | None = None
+        response: Any = _NOT_BUILT
         if cache is None:
-            return await self._compute(request, ctx)
+            response = await self._compute(request, ctx)
+        else:
+            computed: list[Any] = []
 
-        async def compute_text() -> str:
-            return (await self._compute(request, ctx)).decode()
+            async def compute_text() -> str:
+                computed.append(await self._compute(request, ctx))
+                return self._serialize(computed[0]).decode()
 
-        key = cache.key(request, self.model_version)
-        body, ctx.cache = await cache.run(key, ctx, compute_text, bypass=ctx.bypass_cache)
-        return str(body).encode()
+            key = cache.key(request, self.model_version)
+            text, ctx.cache = await cache.run(key, ctx, compute_text, bypass=ctx.bypass_cache)
+            body = str(text).encode()
+            if computed:  # this request computed it: the object is at hand
+                response = computed[0]
+        guarded = self.gate is not None and not ctx.warm_up
+        if guarded and not any(f.stage in self.model_stages for f in ctx.fallbacks):
+            if response is _NOT_BUILT:
+                response = self._decode(body or b"")
+            if not await self._admitted(request, response, ctx):
+                response = await self._compute(request, ctx, default_prediction=True)
+                body = None
+        return body if body is not None else self._serialize(response)
 
-    async def _compute(self, request: Any, ctx: RequestContext) -> bytes:
+    async def _admitted(self, request: Any, response: Any, ctx: RequestContext) -> bool:
+        """Ask the guardrails; record what they said. False: serve the default prediction."""
+        assert self.gate is not None
+        decision = await self.gate.admit(request, response)
+        category = decision.category
+        if category is not None:
+            detail = ",".join(decision.refused_by) or decision.error or ""
+            ctx.record(category, "guardrails", detail)
+        return decision.admitted
+
+    def _decode(self, body: bytes) -> Any:
+        """A cached body back into the response object the guardrails measure."""
+        if self.output_model is not None:
+            return self.output_model.model_validate_json(body)
+        return orjson.loads(body)
+
+    async def _compute(self, request: Any, ctx: RequestContext,
+                       default_prediction: bool = False) -> Any:
+        """Run the stages and the responder; ``default_prediction`` serves every model stage's
+        fallback instead of calling it (a guardrail refused the model's answer)."""
         results: dict[str, Any] = self.resources.copy()
         for level in self.levels:
+            if default_prediction:
+                defaults = [s for s in level if s.kind == "model" and s.has_fallback]
+                results.update((s.name, s.fallback_value(request)) for s in defaults)
+                level = [s for s in level if s not in defaults]
             if len(level) == 1:
                 stage = level[0]
                 results[stage.name] = await self._run_stage(self.runtimes[stage.name],
                                                              request, results, ctx)
-            else:
+            elif level:
                 values = await asyncio.gather(*(
                     self._run_stage(self.runtimes[s.name], request, results, ctx)
                     for s in level))
@@ -229,8 +282,10 @@ class Pipeline:
         now = asyncio.get_running_loop().time()
         until = ctx.deadline if spec.timeout is None else min(ctx.deadline, now + spec.timeout)
         if stage.batcher is not None:
-            # The batcher never holds rows past their deadline (on time.monotonic's clock).
-            return await stage.batcher.submit(rows, time.monotonic() + (until - now))
+            # The batcher never holds rows past their deadline (on time.monotonic's clock), but
+            # once their batch runs only this timeout stops a slow model from holding the request.
+            async with asyncio.timeout_at(until):
+                return await stage.batcher.submit(rows, time.monotonic() + (until - now))
         clock = time.perf_counter()
         async with asyncio.timeout_at(until):
             predictions = await stage.runner.run(rows)
@@ -258,18 +313,21 @@ class Pipeline:
         ctx.record(category, spec.name, detail)
         return spec.fallback_value(request)
 
-    def _respond(self, request: Any, results: dict[str, Any], ctx: RequestContext) -> bytes:
+    def _respond(self, request: Any, results: dict[str, Any], ctx: RequestContext) -> Any:
         spec = self.responder
         try:
-            output = spec.fn(*self._arguments(spec, request, results, ctx))
-            if isinstance(output, Output):
-                return output.to_json()
-            return orjson.dumps(output, option=orjson.OPT_SERIALIZE_NUMPY)
+            return spec.fn(*self._arguments(spec, request, results, ctx))
         except Exception as error:
             log.exception("respond failed")
             ctx.error = AppliedFallback("respond", Category.INTERNAL, str(error))
             raise StageFailed("respond", Category.INTERNAL,
                               f"building the response failed: {type(error).__name__}") from error
+
+    @staticmethod
+    def _serialize(response: Any) -> bytes:
+        if isinstance(response, Output):
+            return response.to_json()
+        return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def reset_breakers(self) -> None:
         for stage in self.runtimes.values():
@@ -286,3 +344,5 @@ class Pipeline:
                 stage.runner.close()
         for cached in self.caches:
             await cached.cache.aclose()
+        if self.gate is not None:
+            await self.gate.aclose()

@@ -58,7 +58,8 @@ class Runtime:
                                on_dropped=self.metrics.count_events_dropped)
         self.pipeline = Pipeline(service, self.metrics, model_threads=settings.model_threads,
                                  native_threads=settings.model_native_threads,
-                                 cache_url=settings.cache_store_url)
+                                 cache_url=settings.cache_store_url,
+                                 guardrail_url=settings.guardrail_store_url)
         self.ready = False
         self.draining = False
 
@@ -83,7 +84,7 @@ class Runtime:
         for _round in range(2):
             answers = await asyncio.gather(*(
                 self.answer(example, request_id="warm-up", record=False, bypass_cache=True,
-                            deadline_s=self.settings.max_deadline)
+                            warm_up=True, deadline_s=self.settings.max_deadline)
                 for _ in range(2 * self.settings.model_threads)))
         for answer in answers:
             if answer.status != 200 or answer.context.fallbacks:
@@ -121,12 +122,14 @@ class Runtime:
         return min(budget, self.settings.max_deadline)
 
     async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
-                     bypass_cache: bool = False, record: bool = True) -> Answer:
+                     bypass_cache: bool = False, record: bool = True,
+                     warm_up: bool = False) -> Answer:
         clock = time.perf_counter()
         started = asyncio.get_running_loop().time()  # the loop's clock: deadlines use it
         budget = self.settings.deadline if deadline_s is None else deadline_s
         ctx = RequestContext(request_id, started, started + budget)
         ctx.bypass_cache = bypass_cache
+        ctx.warm_up = warm_up
         self.metrics.in_flight.inc()
         try:
             status, payload = await self._serve(body, ctx)

@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from buttress.config import Settings, load_settings
+from buttress.guardrails import warn_if_per_process
 from buttress.metrics import MULTIPROCESS_ENV, prepare_multiprocess_dir
 from buttress.service import Service
 
@@ -140,6 +141,10 @@ def serve(target: str, settings: Settings, config_file: str | None = None) -> No
     """Run until SIGTERM/SIGINT: then stop accepting, finish in-flight requests, exit 0."""
     service = load_target(target)
     ensure_port_free(settings.host, settings.port)
+    if service.guardrails:
+        warning = warn_if_per_process(settings.guardrail_store_url, settings.workers)
+        if warning:
+            print(f"buttress: warning: {warning}", file=sys.stderr)
     if settings.workers == 1:
         app = build_app(service, settings)
         server = _DrainingServer(_uvicorn_config(app, settings), app)

@@ -8,7 +8,7 @@ same declaration can be built twice in one process (two apps, two tests).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from buttress.breaker import Breaker
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from buttress.batching import Batch
     from buttress.cache import Cache
     from buttress.config import Settings
+    from buttress.guardrails.policy import Guardrail
     from buttress.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,6 +47,7 @@ class Service:
         example: dict[str, Any] | None = None,
         description: str = "",
         cache: Cache | None = None,
+        guardrails: Sequence[Guardrail] = (),
     ) -> None:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"service name {name!r}: use letters, digits, '-' and '_' only")
@@ -58,6 +60,9 @@ class Service:
         """A valid request: shown in the OpenAPI document and used to warm the model up."""
         self.description = description
         self.cache = cache
+        self.guardrails = tuple(guardrails)
+        """Limits on what the service hands out; a refused request gets the model stages'
+        fallbacks (the default prediction)."""
         """Module-level cache of whole responses, keyed by the validated input and the model
         version; ``None`` for none."""
         self.stages: list[StageSpec] = []
@@ -166,6 +171,9 @@ class Service:
             raise ValueError(f"service {self.name!r} has no @<service>.respond function")
         # fail now on an unknown dependency or a cycle
         order_in_levels([*self.stages, self.responder], provided=set(self.resources))
+        if self.guardrails and not any(m.has_fallback for m in self.models):
+            raise ValueError(f"service {self.name!r} has guardrails, so its model stage needs a "
+                             "fallback: it is what a refused request gets")
         return Runtime(self, settings or Settings())
 
     def __repr__(self) -> str:

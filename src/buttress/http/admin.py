@@ -69,7 +69,37 @@ def admin_routes(runtime: Runtime) -> list[Route]:
         done = {c.name: await c.cache.invalidate() for c in chosen}
         return JSONResponse({"invalidated": done})
 
+    async def guardrails(request: Request) -> Response:
+        gate = runtime.pipeline.gate
+        if gate is None:
+            return JSONResponse({"guardrails": []})
+        snapshots = await gate.guardrails.snapshot()
+        gate.export_usage(snapshots)
+        return JSONResponse({"backend": gate.guardrails.url.redacted(),
+                             "guardrails": [s.as_dict() for s in snapshots]})
+
+    async def set_guardrail_limit(request: Request) -> Response:
+        """``{"limit": 1000}`` changes a limit now (on every replica with Redis);
+        ``{"limit": null}`` restores the declared one."""
+        gate = runtime.pipeline.gate
+        name = request.path_params["name"]
+        try:
+            body = orjson.loads(await request.body())
+            limit = body["limit"]
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
+                                      or limit < 0):
+                raise ValueError
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return _error(400, 'expected {"limit": <non-negative number>} or {"limit": null}')
+        if gate is None or name not in {g.name for g in gate.guardrails.guards}:
+            return _error(404, f"no guardrail named {name!r}")
+        await gate.guardrails.set_limit(name, limit)
+        return JSONResponse({"guardrail": name, "limit": limit})
+
     return [
         Route("/admin/status", guarded(runtime, status), methods=["GET"]),
+        Route("/admin/guardrails", guarded(runtime, guardrails), methods=["GET"]),
+        Route("/admin/guardrails/{name}", guarded(runtime, set_guardrail_limit),
+              methods=["POST"]),
         Route("/admin/cache/invalidate", guarded(runtime, invalidate_cache), methods=["POST"]),
     ]
