@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Result, Server, table, wrk  # noqa: E402
+from harness import Result, Server, table, wrk
 
 BODY = json.dumps({
     "order_id": "o-1", "user": {"id": 42, "app_version": "5.12.0"},

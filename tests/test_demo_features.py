@@ -56,7 +56,8 @@ async def test_store_down_serves_defaults_then_recovers(
 ) -> None:
     runtime = demo_on_private_redis
     healthy = await runtime.answer(order(), request_id="before")
-    assert healthy.status == 200 and healthy.context.fallbacks == []
+    assert healthy.status == 200
+    assert healthy.context.fallbacks == []
 
     private_redis.stop()
     for i in range(8):  # the first few wait for the 50 ms timeout, then the breaker opens

@@ -7,6 +7,12 @@ computing it: a fallback is right for the outage, not for the next ``ttl`` secon
 the write. When concurrent identical requests share one computation (single-flight), the
 fallbacks that computation applied are replayed into each waiter's context, so every response
 carries its own honest ``X-Fallback``.
+
+Stages of one level run concurrently on one request context, so while a stage's value is being
+computed a sibling stage may record a fallback of its own. A stage cache therefore counts only
+the fallbacks recorded under its stage's name: a sibling's failure neither stops the write nor
+is replayed to requests that shared the computation (they ran their own sibling). The response
+cache owns everything recorded while it computes.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ if TYPE_CHECKING:
 
 HARMLESS = frozenset({Category.CACHE_UNAVAILABLE, Category.INPUT_CONTRACT})
 """Categories that do not make an answer unfit to cache."""
+
+RESPONSE = "response"
+"""The name of the module-level cache; any other name is the stage whose output it caches."""
 
 HEADER = {CacheStatus.HIT: "hit", CacheStatus.SHARED: "hit", CacheStatus.MISS: "miss",
           CacheStatus.UNAVAILABLE: "miss"}
@@ -61,6 +70,7 @@ class CachedComputation:
     def __init__(self, policy: Cache, *, service: str, name: str, default_url: str,
                  metrics: ServiceMetrics) -> None:
         self.name = name
+        self._stage = None if name == RESPONSE else name
         self.cache = ResponseCache(policy, namespace=service, scope=name,
                                    default_url=default_url,
                                    observer=_CacheMetrics(metrics, name))
@@ -77,6 +87,8 @@ class CachedComputation:
             before = len(ctx.fallbacks)
             value = await compute()
             applied = ctx.fallbacks[before:]
+            if self._stage is not None:
+                applied = [f for f in applied if f.stage == self._stage]
             cacheable = all(f.category in HARMLESS for f in applied)
             return (value, [(f.stage, f.category.value, f.detail) for f in applied]), cacheable
 

@@ -23,11 +23,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, get_args, get_origin
 
-import orjson
 from annotated_types import MaxLen
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+from pydantic_core import PydanticUndefined, from_json
 
 DEFAULT_MAX_LIST_ITEMS = 1000
 DEFAULT_MAX_DEPTH = 64
@@ -251,10 +250,11 @@ class _Schema:
         except ValidationError as error:
             if any(e["type"] == "json_invalid" for e in error.errors()):
                 raise InputRejected(400, f"malformed JSON: {error.errors()[0]['msg']}") from None
-            return self._repair(orjson.loads(body), error)
+            # pydantic's own parser: orjson rejects what it accepts (NaN, huge integers)
+            return self._repair(from_json(body), error)
         for needle in self.alias_needles:
             if needle in body:
-                violations.extend(self._renamed(orjson.loads(body)))
+                violations.extend(self._renamed(from_json(body)))
                 break
         unknown = self._unknown_keys(value)
         if unknown:
