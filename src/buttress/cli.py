@@ -42,8 +42,8 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Serve a prediction service over HTTP."""
-    from buttress.server import TargetError
     from buttress.server import serve as run_server
+    from buttress.targets import TargetError
 
     try:
         settings = load_settings(config, host=host, port=port, workers=workers)
@@ -79,8 +79,8 @@ def demo(
     config: ConfigOption = None,
 ) -> None:
     """Run the discount demo on embedded defaults (no server to install)."""
-    from buttress.server import TargetError
     from buttress.server import serve as run_server
+    from buttress.targets import TargetError
 
     try:
         settings = load_settings(config, host=host, port=port, backend=redis)

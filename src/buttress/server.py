@@ -9,7 +9,6 @@ multiprocess mode so one scrape sees all of them.
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import signal
 import socket
@@ -22,54 +21,23 @@ from buttress.config import Settings, load_settings
 from buttress.guardrails import warn_if_per_process
 from buttress.metrics import MULTIPROCESS_ENV, prepare_multiprocess_dir
 from buttress.service import Service
+from buttress.targets import TargetError, load_object
 
 TARGET_ENV = "BUTTRESS_SERVE_TARGET"
 CONFIG_ENV = "BUTTRESS_SERVE_CONFIG"
 
 
-class TargetError(ValueError):
-    """The TARGET cannot be loaded; the message says why in one line."""
-
-
-def _module_name_for(path: Path) -> tuple[str, Path]:
-    """Dotted module name of ``path`` and the directory to import it from (the first parent
-    that is not a package), so the service file can import its siblings as a package."""
-    parts = [path.stem]
-    root = path.parent
-    while (root / "__init__.py").is_file():
-        parts.insert(0, root.name)
-        root = root.parent
-    return ".".join(parts), root
-
-
 def load_target(target: str) -> Service:
-    module_ref, sep, attr = target.rpartition(":")
-    if not sep or not module_ref or not attr:
-        raise TargetError(f"bad target {target!r}: expected 'path/to/file.py:service' "
-                          "or 'package.module:service'")
-    if module_ref.endswith(".py") or "/" in module_ref:
-        path = Path(module_ref).resolve()
-        if not path.is_file():
-            raise TargetError(f"bad target {target!r}: file {module_ref} does not exist")
-        module_name, root = _module_name_for(path)
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
-    else:
-        module_name = module_ref
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise TargetError(f"bad target {target!r}: cannot import {module_name} ({error})") from None
-    if not hasattr(module, attr):
-        raise TargetError(f"bad target {target!r}: {module_name} has no attribute {attr!r}")
-    service = getattr(module, attr)
+    """The :class:`Service` that ``target`` names."""
+    service = load_object(target)
     if not isinstance(service, Service):
         found = (f"the class {service.__name__}" if isinstance(service, type)
                  else f"a {type(service).__name__}")
-        raise TargetError(f"bad target {target!r}: {attr} in {module_name} is {found}, "
-                          "not a buttress Service")
+        raise TargetError(f"bad target {target!r}: it is {found}, not a buttress Service")
+    try:
+        service.check()
+    except ValueError as error:
+        raise TargetError(f"bad target {target!r}: {error}") from None
     return service
 
 

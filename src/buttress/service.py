@@ -163,17 +163,21 @@ class Service:
     def models(self) -> list[StageSpec]:
         return [s for s in self.stages if s.kind == "model"]
 
-    def build(self, settings: Settings | None = None) -> Runtime:
-        from buttress.config import Settings
-        from buttress.runtime import Runtime
-
+    def check(self) -> None:
+        """Raise ``ValueError`` if the declaration cannot be served (no responder, an unknown
+        dependency, a cycle, guardrails without a default prediction)."""
         if self.responder is None:
             raise ValueError(f"service {self.name!r} has no @<service>.respond function")
-        # fail now on an unknown dependency or a cycle
         order_in_levels([*self.stages, self.responder], provided=set(self.resources))
         if self.guardrails and not any(m.has_fallback for m in self.models):
             raise ValueError(f"service {self.name!r} has guardrails, so its model stage needs a "
                              "fallback: it is what a refused request gets")
+
+    def build(self, settings: Settings | None = None) -> Runtime:
+        from buttress.config import Settings
+        from buttress.runtime import Runtime
+
+        self.check()
         return Runtime(self, settings or Settings())
 
     def __repr__(self) -> str:

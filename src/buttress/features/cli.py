@@ -10,9 +10,6 @@ service's code (``--table path/to/service.py:user_features``) or inline with one
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +22,7 @@ from rich.table import Table
 from buttress.features.loader import LoadError, LoadReport, load_file
 from buttress.features.store import DEFAULT_NAMESPACE, FeatureStoreUnavailable
 from buttress.features.table import FeatureTable, Value
+from buttress.targets import TargetError, load_object
 
 app = typer.Typer(help="Feature store: load features from CSV or Parquet files.")
 
@@ -148,24 +146,10 @@ def _default(text: str) -> tuple[str, Value]:
 
 def _resolve(target: str) -> object:
     """The object named by ``path/to/file.py:name`` or ``package.module:name``."""
-    where, _, name = target.rpartition(":")
-    if not where or not name:
-        raise ValueError(f"--table {target!r}: expected path/to/file.py:name or module:name")
-    if where.endswith(".py"):
-        path = Path(where).resolve()
-        module_name = f"_buttress_features_{abs(hash(path))}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot import {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module  # dataclasses in the file look themselves up here
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(where)
-    found: object = module
-    for part in name.split("."):
-        found = getattr(found, part)
-    return found
+    try:
+        return load_object(target)
+    except TargetError as error:
+        raise ValueError(f"--table: {error}") from None
 
 
 def _pick(found: object, entity: str | None, target: str) -> FeatureTable:

@@ -1,0 +1,1 @@
+"""Small services the server tests run in real ``buttress serve`` processes."""
