@@ -17,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 
 from buttress.batching import Batcher, BatcherClosed, BatchObserver, QueueFull
@@ -27,7 +28,7 @@ from buttress.context import AppliedFallback, RequestContext
 from buttress.guarding import GuardrailGate
 from buttress.guardrails import Guardrails
 from buttress.interface import Output, ParsedInput
-from buttress.runners import Runner, as_runner
+from buttress.runners import RemoteUnavailable, Runner, as_runner
 from buttress.stages import StageSpec, order_in_levels
 
 if TYPE_CHECKING:
@@ -93,6 +94,26 @@ class StageRuntime:
             self.batcher = Batcher(spec.batch, self.runner.run,
                                    observer=_BatchMetrics(metrics, spec.name, spec.version))
         self.last_traceback = -TRACEBACK_INTERVAL
+
+    async def predict(self, rows: np.ndarray, deadline: float,
+                      metrics: ServiceMetrics) -> np.ndarray:
+        """Run the model on ``rows`` through the batcher (if any) or the runner, bounded by the
+        stage timeout and ``deadline`` (loop time). Raises what the model or batcher raised;
+        the caller owns the breaker and the fallback. Shared by /predict and /v2 inference."""
+        assert self.runner is not None
+        spec = self.spec
+        now = asyncio.get_running_loop().time()
+        until = deadline if spec.timeout is None else min(deadline, now + spec.timeout)
+        if self.batcher is not None:
+            # The batcher never holds rows past their deadline (on time.monotonic's clock), but
+            # once their batch runs only this timeout stops a slow model from holding the request.
+            async with asyncio.timeout_at(until):
+                return await self.batcher.submit(rows, time.monotonic() + (until - now))
+        clock = time.perf_counter()
+        async with asyncio.timeout_at(until):
+            predictions = await self.runner.run(rows)
+        metrics.observe_model(spec.name, self.version, time.perf_counter() - clock)
+        return predictions
 
     def watch_breaker(self, metrics: ServiceMetrics) -> None:
         """Mirror the breaker's state into the ``buttress_breaker_open`` gauge."""
@@ -254,8 +275,9 @@ class Pipeline:
             self._failed(stage)
             return self._fallback(stage, request, ctx, spec.categories.timeout,
                                   f"no answer within {1000 * (time.perf_counter() - clock):.0f} ms")
-        except (QueueFull, BatcherClosed) as refused:
-            # overload shedding, not a model failure: the breaker does not count it
+        except (QueueFull, BatcherClosed, RemoteUnavailable) as refused:
+            # shedding (a full queue, a remote model's own open breaker): not a failure of this
+            # request, so this stage's breaker does not count it
             if breaker is not None:
                 breaker.release_probe()
             return self._fallback(stage, request, ctx, spec.categories.unavailable,
@@ -276,21 +298,7 @@ class Pipeline:
 
     async def _call_model(self, stage: StageRuntime, args: list[Any],
                           ctx: RequestContext) -> Any:
-        spec = stage.spec
-        assert stage.runner is not None
-        rows = spec.fn(*args)
-        now = asyncio.get_running_loop().time()
-        until = ctx.deadline if spec.timeout is None else min(ctx.deadline, now + spec.timeout)
-        if stage.batcher is not None:
-            # The batcher never holds rows past their deadline (on time.monotonic's clock), but
-            # once their batch runs only this timeout stops a slow model from holding the request.
-            async with asyncio.timeout_at(until):
-                return await stage.batcher.submit(rows, time.monotonic() + (until - now))
-        clock = time.perf_counter()
-        async with asyncio.timeout_at(until):
-            predictions = await stage.runner.run(rows)
-        self.metrics.observe_model(spec.name, stage.version, time.perf_counter() - clock)
-        return predictions
+        return await stage.predict(stage.spec.fn(*args), ctx.deadline, self.metrics)
 
     def _failed(self, stage: StageRuntime) -> None:
         if stage.breaker is not None:
@@ -334,6 +342,9 @@ class Pipeline:
             if stage.spec.breaker is not None:
                 stage.breaker = stage.spec.breaker.build()
                 stage.watch_breaker(self.metrics)
+            reset_remote = getattr(stage.runner, "reset_breaker", None)
+            if reset_remote is not None:
+                reset_remote()
 
     async def aclose(self) -> None:
         """Finish what the batchers hold, then stop the model threads."""
@@ -341,7 +352,11 @@ class Pipeline:
             if stage.batcher is not None:
                 await stage.batcher.aclose()
             if stage.runner is not None:
-                stage.runner.close()
+                close = getattr(stage.runner, "aclose", None)
+                if close is not None:
+                    await close()
+                else:
+                    stage.runner.close()
         for cached in self.caches:
             await cached.cache.aclose()
         if self.gate is not None:

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from buttress.http.admin import admin_routes
+from buttress.http.oip import oip_routes
 from buttress.http.openapi import build_openapi
 from buttress.http.predict import PredictEndpoint
 from buttress.metrics import render
@@ -74,6 +75,7 @@ def _starlette(runtime: Runtime) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             *admin_routes(runtime),
+            *oip_routes(runtime),
         ],
         lifespan=lifespan,
     )

@@ -1,8 +1,8 @@
-"""Model runners: the one seam between buttress and a model.
+"""Synchronous models on a small dedicated thread pool, never on the event loop.
 
-A runner turns a 2-D batch of feature rows into predictions, one per row. Synchronous models
-(scikit-learn, NumPy code, ONNX Runtime, PyTorch on the CPU) are CPU-bound, so their calls run
-on a small dedicated thread pool, never on the event loop; their native code releases the GIL.
+scikit-learn, LightGBM, NumPy code, ONNX Runtime and PyTorch on the CPU are CPU-bound and
+release the GIL in their native code, so a model thread computes while the event loop serves
+other requests. One executor hop per call: with a ``bt.Batch`` that is one hop per batch.
 """
 
 from __future__ import annotations
@@ -10,24 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
+from buttress.runners.types import Predictor, Signature
 
-@runtime_checkable
-class Predictor(Protocol):
-    """Anything with scikit-learn's ``predict``."""
-
-    def predict(self, rows: Any, /) -> Any: ...
-
-
-class Runner(Protocol):
-    """What the model stage calls: rows in, one prediction per row out."""
-
-    async def run(self, rows: np.ndarray) -> np.ndarray: ...
-
-    def close(self) -> None: ...
+ThreadSetup = Callable[[int], None]
+"""Run once in each model thread with the native thread cap (e.g. ``torch.set_num_threads``)."""
 
 
 def limit_native_threads(threads: int) -> None:
@@ -46,17 +36,26 @@ def limit_native_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+def _prepare_thread(native_threads: int, setup: ThreadSetup | None) -> None:
+    limit_native_threads(native_threads)
+    if setup is not None:
+        setup(native_threads)
+
+
 class ThreadRunner:
     """Runs a synchronous model (a ``predict`` method or a plain function) off the event loop."""
 
     def __init__(self, model: Predictor | Callable[[np.ndarray], Any], threads: int = 1,
-                 native_threads: int = 1) -> None:
+                 native_threads: int = 1, *, setup: ThreadSetup | None = None) -> None:
+        self.model = model
         self._predict: Callable[[np.ndarray], Any] = (
             model.predict if isinstance(model, Predictor) else model
         )
+        self.threads = threads
+        self.native_threads = native_threads
         self._executor = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="model",
-            initializer=limit_native_threads, initargs=(native_threads,))
+            initializer=_prepare_thread, initargs=(native_threads, setup))
 
     def predict_now(self, rows: np.ndarray) -> np.ndarray:
         """Synchronous call on the caller's thread (warm-up, tests)."""
@@ -66,17 +65,18 @@ class ThreadRunner:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.predict_now, rows)
 
+    def signature(self) -> Signature:
+        """The row width scikit-learn (``n_features_in_``) or LightGBM records, if any."""
+        model = self.model
+        features = getattr(model, "n_features_in_", None)
+        num_feature = getattr(model, "num_feature", None)  # a LightGBM Booster
+        if features is None and callable(num_feature):
+            features = num_feature()
+        return Signature(features=int(features) if features is not None else None)
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-
-def as_runner(model: Any, threads: int = 1, native_threads: int = 1) -> Runner:
-    """Wrap what a user declared as the model into a :class:`Runner`."""
-    if hasattr(model, "run") and asyncio.iscoroutinefunction(model.run):
-        return model  # type: ignore[no-any-return]
-    if isinstance(model, Predictor) or callable(model):
-        return ThreadRunner(model, threads, native_threads)
-    raise TypeError(
-        f"cannot run {model!r}: give an object with .predict(rows), a function of rows, "
-        "or a Runner with an async .run(rows)"
-    )
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({type(self.model).__name__}, threads={self.threads}, "
+                f"native_threads={self.native_threads})")
