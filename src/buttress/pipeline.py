@@ -17,18 +17,17 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 
-from buttress.batching import Batcher, BatcherClosed, BatchObserver, QueueFull
-from buttress.breaker import BreakerState, CircuitBreaker
+from buttress.batching import BatcherClosed, QueueFull
 from buttress.caching import CachedComputation
 from buttress.categories import Category
 from buttress.context import AppliedFallback, RequestContext
 from buttress.guarding import GuardrailGate
 from buttress.guardrails import Guardrails
 from buttress.interface import Output, ParsedInput
-from buttress.runners import RemoteUnavailable, Runner, as_runner
+from buttress.runners import RemoteUnavailable
+from buttress.stage_runtime import TRACEBACK_INTERVAL, StageRuntime
 from buttress.stages import StageSpec, order_in_levels
 
 if TYPE_CHECKING:
@@ -38,9 +37,6 @@ if TYPE_CHECKING:
     from buttress.service import Service
 
 log = logging.getLogger("buttress.pipeline")
-
-TRACEBACK_INTERVAL = 10.0
-"""Log a stage's full traceback at most this often; in between, one line per failure."""
 
 
 _NOT_BUILT: Any = object()
@@ -53,74 +49,6 @@ class StageFailed(Exception):
         super().__init__(message)
         self.stage = stage
         self.category = category
-
-
-class _BatchMetrics(BatchObserver):
-    """The batcher's per-batch hooks bound to the service's Prometheus metrics."""
-
-    def __init__(self, metrics: ServiceMetrics, model: str, version: str) -> None:
-        service = metrics.service
-        self._rows = metrics.batch_rows.labels(service, model)
-        self._wait = metrics.batch_wait.labels(service, model)
-        self._queue = metrics.batch_queue.labels(service, model)
-        self._metrics, self._model, self._version = metrics, model, version
-
-    def batch_formed(self, rows: int, items: int, oldest_wait: float, queued_rows: int) -> None:
-        self._rows.observe(rows)
-        self._wait.observe(oldest_wait)
-        self._queue.set(queued_rows)
-
-    def batch_ran(self, rows: int, items: int, seconds: float, error: BaseException | None) -> None:
-        self._metrics.observe_model(self._model, self._version, seconds)
-
-    def rejected(self, rows: int, queued_rows: int) -> None:
-        self._queue.set(queued_rows)
-
-
-class StageRuntime:
-    """The running parts of one stage: its breaker and, for a model, its runner."""
-
-    def __init__(self, spec: StageSpec, metrics: ServiceMetrics, threads: tuple[int, int],
-                 cache: CachedComputation | None) -> None:
-        self.spec = spec
-        self.cache = cache
-        self.breaker: CircuitBreaker | None = spec.breaker.build() if spec.breaker else None
-        self.watch_breaker(metrics)
-        self.runner: Runner | None = (
-            as_runner(spec.model, *threads) if spec.kind == "model" else None)
-        self.version = spec.version
-        self.batcher: Batcher | None = None
-        if self.runner is not None and spec.batch is not None:
-            self.batcher = Batcher(spec.batch, self.runner.run,
-                                   observer=_BatchMetrics(metrics, spec.name, spec.version))
-        self.last_traceback = -TRACEBACK_INTERVAL
-
-    async def predict(self, rows: np.ndarray, deadline: float,
-                      metrics: ServiceMetrics) -> np.ndarray:
-        """Run the model on ``rows`` through the batcher (if any) or the runner, bounded by the
-        stage timeout and ``deadline`` (loop time). Raises what the model or batcher raised;
-        the caller owns the breaker and the fallback. Shared by /predict and /v2 inference."""
-        assert self.runner is not None
-        spec = self.spec
-        now = asyncio.get_running_loop().time()
-        until = deadline if spec.timeout is None else min(deadline, now + spec.timeout)
-        if self.batcher is not None:
-            # The batcher never holds rows past their deadline (on time.monotonic's clock), but
-            # once their batch runs only this timeout stops a slow model from holding the request.
-            async with asyncio.timeout_at(until):
-                return await self.batcher.submit(rows, time.monotonic() + (until - now))
-        clock = time.perf_counter()
-        async with asyncio.timeout_at(until):
-            predictions = await self.runner.run(rows)
-        metrics.observe_model(spec.name, self.version, time.perf_counter() - clock)
-        return predictions
-
-    def watch_breaker(self, metrics: ServiceMetrics) -> None:
-        """Mirror the breaker's state into the ``buttress_breaker_open`` gauge."""
-        if self.breaker is not None:
-            name = self.spec.name
-            self.breaker.on_change = lambda state: metrics.set_breaker_open(
-                name, state is not BreakerState.CLOSED)
 
 
 class Pipeline:

@@ -31,7 +31,7 @@ from buttress.oip.types import DATATYPES, datatype_of
 from buttress.runners import Described, RemoteUnavailable, Signature
 
 if TYPE_CHECKING:
-    from buttress.pipeline import StageRuntime
+    from buttress.stage_runtime import StageRuntime
     from buttress.runtime import Runtime
 
 log = logging.getLogger("buttress.oip")
