@@ -54,7 +54,9 @@ def test_cache_declaration_defaults_and_repr() -> None:
     cache = Cache()
     assert cache.ttl_seconds == 60.0
     assert cache.lock_seconds is None
-    assert repr(cache) == ("Cache(ttl='60s', max_entries=10000, key=None, url=None, lock=False)")
+    assert repr(cache) == (
+        "Cache(ttl='60s', max_entries=10000, key=None, url=None, lock=False, breaker=None)"
+    )
     assert Cache(lock=True).lock_seconds == 1.0
     assert Cache(lock="250ms").lock_seconds == 0.25
 

@@ -40,6 +40,9 @@ log = logging.getLogger("buttress.pipeline")
 
 
 _NOT_BUILT: Any = object()
+SHARED_WAIT_GRACE = 0.005
+"""A request sharing another's cached computation waits at most this long past its deadline
+(its own computation may finish just after the deadline; then it is still worth serving)."""
 
 
 class StageFailed(Exception):
@@ -111,10 +114,22 @@ class Pipeline:
                 return self._serialize(computed[0]).decode()
 
             key = cache.key(request, self.model_version)
-            text, ctx.cache = await cache.run(key, ctx, compute_text, bypass=ctx.bypass_cache)
-            body = str(text).encode()
-            if computed:  # this request computed it: the object is at hand
-                response = computed[0]
+            try:
+                async with asyncio.timeout_at(ctx.deadline + SHARED_WAIT_GRACE):
+                    text, ctx.cache = await cache.run(key, ctx, compute_text,
+                                                      bypass=ctx.bypass_cache)
+            except TimeoutError:
+                # Only a request waiting on another's computation gets here (its own stages
+                # fall back before the deadline): answer with the default prediction.
+                ctx.cache = "miss"
+                for name in self.model_stages:
+                    ctx.record(Category.MODEL_TIMEOUT, name, "deadline passed while waiting "
+                               "for an identical request's computation")
+                response = await self._compute(request, ctx, default_prediction=True)
+            else:
+                body = str(text).encode()
+                if computed:  # this request computed it: the object is at hand
+                    response = computed[0]
         guarded = self.gate is not None and not ctx.warm_up
         if guarded and not any(f.stage in self.model_stages for f in ctx.fallbacks):
             if response is _NOT_BUILT:
@@ -174,8 +189,13 @@ class Pipeline:
         if stage.cache is None:
             return await self._execute_stage(stage, request, results, ctx)
         key = stage.cache.key(request, self.model_version)
-        value, _status = await stage.cache.run(
-            key, ctx, lambda: self._execute_stage(stage, request, results, ctx))
+        try:
+            async with asyncio.timeout_at(ctx.deadline + SHARED_WAIT_GRACE):
+                value, _status = await stage.cache.run(
+                    key, ctx, lambda: self._execute_stage(stage, request, results, ctx))
+        except TimeoutError:  # waited on another request's computation past our deadline
+            return self._fallback(stage, request, ctx, stage.spec.categories.timeout,
+                                  "deadline passed while waiting for a shared computation")
         return value
 
     async def _execute_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],

@@ -17,7 +17,7 @@ import orjson
 
 from buttress.backends import Connections
 from buttress.categories import Category
-from buttress.context import RequestContext
+from buttress.context import AppliedFallback, RequestContext
 from buttress.events import EventLog, EventSink, JsonlSink
 from buttress.interface import ContractViolation, InputRejected
 from buttress.metrics import ServiceMetrics, mark_worker_dead
@@ -150,6 +150,8 @@ class Runtime:
         try:
             return 200, await self.pipeline.run(parsed, ctx)
         except StageFailed as failed:
+            if ctx.error is None:  # it failed in a computation this request only shared
+                ctx.error = AppliedFallback(failed.stage, failed.category, str(failed))
             return 503, error_body(failed.category, str(failed))
         except Exception as error:  # a bug: answer, count, log; never crash the server
             log.exception("request %s failed", ctx.request_id)

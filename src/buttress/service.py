@@ -152,7 +152,8 @@ class Service:
         return hook
 
     def _add(self, spec: StageSpec) -> None:
-        taken = spec.name == "respond" or spec.name in self.resources
+        # "response" names the response cache (its metrics label and invalidation target)
+        taken = spec.name in ("respond", "response") or spec.name in self.resources
         if taken or any(s.name == spec.name for s in self.stages):
             raise ValueError(f"service {self.name!r} already has a stage called {spec.name!r}")
         self.stages.append(spec)

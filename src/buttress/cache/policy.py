@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buttress.backends import parse_backend_url
+from buttress.breaker import Breaker
 from buttress.durations import Duration, seconds
 
 DEFAULT_LOCK = "1s"
@@ -36,6 +37,8 @@ class Cache:
     key: Callable[[Any], object] | None = None
     url: str | None = None
     lock: bool | Duration = False
+    breaker: Breaker | None = None
+    """Guards a Redis backend (default ``Breaker()``: 5 failures, open 5 s)."""
 
     def __post_init__(self) -> None:
         if seconds(self.ttl, name="Cache.ttl") <= 0:
