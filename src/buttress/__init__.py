@@ -17,6 +17,7 @@ from buttress.context import RequestContext
 from buttress.features import FeatureStore, FeatureTable
 from buttress.guardrails import FixedWindow, SlidingWindow
 from buttress.interface import ContractViolation, Input, Output, field
+from buttress.runners import RemoteModel
 from buttress.runtime import Runtime
 from buttress.service import Service
 from buttress.stages import NO_FALLBACK
@@ -33,6 +34,7 @@ __all__ = [
     "FixedWindow",
     "Input",
     "Output",
+    "RemoteModel",
     "RequestContext",
     "Runtime",
     "Service",
