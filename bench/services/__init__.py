@@ -1,0 +1,1 @@
+"""Service files the benches serve (``buttress serve bench/services/<file>.py:<attr>``)."""
