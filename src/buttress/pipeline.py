@@ -170,12 +170,26 @@ class Pipeline:
                 results[stage.name] = await self._run_stage(self.runtimes[stage.name],
                                                              request, results, ctx)
             elif level:
-                values = await asyncio.gather(*(
-                    self._run_stage(self.runtimes[s.name], request, results, ctx)
-                    for s in level))
-                for stage, value in zip(level, values, strict=True):
-                    results[stage.name] = value
+                await self._run_concurrently(level, request, results, ctx)
         return self._respond(request, results, ctx)
+
+    async def _run_concurrently(self, level: list[StageSpec], request: Any,
+                                results: dict[str, Any], ctx: RequestContext) -> None:
+        """Run independent stages together: all but the last as tasks, the last in this task
+        (one task and the gather future fewer per request than ``asyncio.gather``)."""
+        loop = asyncio.get_running_loop()
+        *others, last = level
+        tasks = [loop.create_task(self._run_stage(self.runtimes[s.name], request, results, ctx))
+                 for s in others]
+        try:
+            value = await self._run_stage(self.runtimes[last.name], request, results, ctx)
+            for stage, task in zip(others, tasks, strict=True):
+                results[stage.name] = await task
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        results[last.name] = value
 
     def _arguments(self, spec: StageSpec, request: Any, results: dict[str, Any],
                    ctx: RequestContext) -> list[Any]:

@@ -7,6 +7,7 @@ request id and deadline from headers, and write the answer with the buttress hea
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,10 @@ class PredictEndpoint:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.max_body = runtime.settings.max_body_bytes
+        # Request ids: random per process, then a counter (cheaper than urandom per request,
+        # still unique across workers and replicas).
+        self._id_prefix = os.urandom(6).hex()
+        self._ids = itertools.count()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         request_id = deadline = None
@@ -38,7 +43,7 @@ class PredictEndpoint:
                 deadline = value.decode("latin-1")
             elif name == b"cache-control":
                 bypass_cache = b"no-cache" in value or b"no-store" in value
-        rid = request_id.decode() if request_id else os.urandom(12).hex()
+        rid = request_id.decode() if request_id else f"{self._id_prefix}{next(self._ids):012x}"
         runtime = self.runtime
         if scope["method"] != "POST":
             await _send(send, 405, b'{"error":{"category":"input_invalid","message":'
