@@ -223,9 +223,14 @@ class Pipeline:
         started = loop.time()
         clock = time.perf_counter()
         args = self._arguments(spec, request, results, ctx)
+        # A batched model's breaker is fed per batch by the batcher (StageRuntime); this
+        # request's own outcome counts only if it failed before reaching the batch.
+        batched = False
         try:
             if spec.kind == "model":
-                value = await self._call_model(stage, args, ctx)
+                rows = spec.fn(*args)
+                batched = stage.counts_per_batch
+                value = await stage.predict(rows, ctx.deadline, self.metrics)
             elif spec.is_async:
                 until = ctx.deadline if spec.timeout is None else min(
                     ctx.deadline, started + spec.timeout)
@@ -234,7 +239,7 @@ class Pipeline:
             else:
                 value = spec.fn(*args)
         except TimeoutError:
-            self._failed(stage)
+            self._failed(stage, batched)
             return self._fallback(stage, request, ctx, spec.categories.timeout,
                                   f"no answer within {1000 * (time.perf_counter() - clock):.0f} ms")
         except (QueueFull, BatcherClosed, RemoteUnavailable) as refused:
@@ -249,22 +254,24 @@ class Pipeline:
                 breaker.release_probe()
             raise
         except Exception as error:
-            self._failed(stage)
+            self._failed(stage, batched)
             self._log_failure(stage, error)
             return self._fallback(stage, request, ctx, spec.categories.error,
                                   f"{type(error).__name__}: {error}")
         if breaker is not None:
-            breaker.record_success()
+            if batched:
+                breaker.release_probe()
+            else:
+                breaker.record_success()
         ctx.stage_ms[spec.name] = round(1000 * (time.perf_counter() - clock), 3)
         return value
 
-    async def _call_model(self, stage: StageRuntime, args: list[Any],
-                          ctx: RequestContext) -> Any:
-        return await stage.predict(stage.spec.fn(*args), ctx.deadline, self.metrics)
-
-    def _failed(self, stage: StageRuntime) -> None:
+    def _failed(self, stage: StageRuntime, batched: bool = False) -> None:
         if stage.breaker is not None:
-            stage.breaker.record_failure()
+            if batched:
+                stage.breaker.release_probe()
+            else:
+                stage.breaker.record_failure()
 
     def _log_failure(self, stage: StageRuntime, error: Exception) -> None:
         now = time.monotonic()

@@ -27,8 +27,9 @@ TRACEBACK_INTERVAL = 10.0
 class _BatchMetrics(BatchObserver):
     """The batcher's per-batch hooks bound to the service's Prometheus metrics."""
 
-    def __init__(self, metrics: ServiceMetrics, model: str, version: str) -> None:
-        service = metrics.service
+    def __init__(self, metrics: ServiceMetrics, stage: StageRuntime) -> None:
+        service, model, version = metrics.service, stage.spec.name, stage.spec.version
+        self._stage = stage
         self._rows = metrics.batch_rows.labels(service, model)
         self._wait = metrics.batch_wait.labels(service, model)
         self._queue = metrics.batch_queue.labels(service, model)
@@ -42,12 +43,29 @@ class _BatchMetrics(BatchObserver):
     def batch_ran(self, rows: int, items: int, seconds: float, error: BaseException | None) -> None:
         self._metrics.observe_model(self._model, self._version, seconds)
 
+    def batch_outcome(self, seconds: float, error: BaseException | None) -> None:
+        """A batched model's breaker counts batches, not requests: one slow or failing batch
+        is one failure, not up to ``max_size`` of them (which would open it at once)."""
+        breaker = self._stage.breaker
+        if breaker is None:
+            return
+        timeout = self._stage.spec.timeout
+        if error is not None or (timeout is not None and seconds > timeout):
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+
     def rejected(self, rows: int, queued_rows: int) -> None:
         self._queue.set(queued_rows)
 
 
 class StageRuntime:
     """The running parts of one stage: its breaker and, for a model, its runner."""
+
+    @property
+    def counts_per_batch(self) -> bool:
+        """Its breaker is fed one outcome per batch by the batcher, not one per request."""
+        return self.batcher is not None
 
     def __init__(self, spec: StageSpec, metrics: ServiceMetrics, threads: tuple[int, int],
                  cache: CachedComputation | None) -> None:
@@ -61,7 +79,7 @@ class StageRuntime:
         self.batcher: Batcher | None = None
         if self.runner is not None and spec.batch is not None:
             self.batcher = Batcher(spec.batch, self.runner.run,
-                                   observer=_BatchMetrics(metrics, spec.name, spec.version))
+                                   observer=_BatchMetrics(metrics, self))
         self.last_traceback = -TRACEBACK_INTERVAL
 
     async def predict(self, rows: np.ndarray, deadline: float,

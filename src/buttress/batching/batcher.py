@@ -347,6 +347,8 @@ class Batcher:
         finally:
             self._running = False
         self._notify(self._observer.batch_ran, run.rows, len(run.items), elapsed, error)
+        if run.budget is None:  # a fresh batch, not a retry of part of one
+            self._notify(self._observer.batch_outcome, elapsed, error)
         self._schedule(self._clock())
 
     def _deliver(self, run: _Run, result: Rows) -> Exception | None:

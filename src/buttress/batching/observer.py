@@ -22,6 +22,10 @@ class BatchObserver:
     def batch_ran(self, rows: int, items: int, seconds: float, error: BaseException | None) -> None:
         """One model run finished (retries after a failure included), with its latency."""
 
+    def batch_outcome(self, seconds: float, error: BaseException | None) -> None:
+        """A batch formed from the queue finished its first run (retries of its halves are
+        not reported here): one outcome per batch, what a circuit breaker should count."""
+
     def rejected(self, rows: int, queued_rows: int) -> None:
         """``submit`` raised ``QueueFull`` for ``rows`` with ``queued_rows`` already waiting."""
 
