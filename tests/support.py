@@ -42,6 +42,19 @@ def machine_redis_available() -> bool:
         return sock.connect_ex(("127.0.0.1", 6379)) == 0
 
 
+class FakeClock:
+    """A clock tests move by hand: policies take ``clock=`` so tests never sleep."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class PrivateRedis:
     """A redis-server of our own on a free port; ``stop()`` and ``start()`` break and heal it."""

@@ -14,23 +14,12 @@ import pytest
 from buttress.backends import Connections
 from buttress.cache import MISS, Cache, CacheStatus, ResponseCache
 from buttress.categories import Category
-from tests.support import MACHINE_REDIS_URL, unique_prefix
+from tests.support import MACHINE_REDIS_URL, FakeClock, unique_prefix
 
 BACKENDS = {
     "memory": pytest.param("memory://", id="memory"),
     "redis": pytest.param(MACHINE_REDIS_URL, id="redis", marks=pytest.mark.redis),
 }
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

@@ -20,22 +20,14 @@ from buttress.backends import Connections
 from buttress.categories import Category
 from buttress.guardrails import FixedWindow, Guardrail, Guardrails, SlidingWindow
 from buttress.guardrails.memory import MemoryStore
-from tests.support import unique_prefix
+from tests.support import FakeClock, unique_prefix
 
 Order = dict[str, Any]
 
 
-class FakeClock:
-    """Seconds since the epoch; starts on an hour boundary so windows line up with the test."""
-
-    def __init__(self) -> None:
-        self.now = float(math.ceil(time.time() / 3600) * 3600 + 3600)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+def hour_aligned_clock() -> FakeClock:
+    """Seconds since the epoch, on an hour boundary, so windows line up with the test."""
+    return FakeClock(float(math.ceil(time.time() / 3600) * 3600 + 3600))
 
 
 @dataclass
@@ -57,7 +49,7 @@ async def open_backend(url: str) -> AsyncIterator[Backend]:
     namespace = unique_prefix("guardrails")
     connections = Connections()
     try:
-        yield Backend(url, namespace, FakeClock(), connections)
+        yield Backend(url, namespace, hour_aligned_clock(), connections)
     finally:
         if url.startswith("redis"):
             client = connections.redis(url)
@@ -328,7 +320,7 @@ async def test_admitting_before_open_is_an_error() -> None:
 
 
 async def test_memory_sweeps_expired_keys() -> None:
-    clock = FakeClock()
+    clock = hour_aligned_clock()
     guards = [
         FixedWindow("per_user", 1, "1min", key=user_of),
         SlidingWindow("value_per_user", 5, "30s", measure=value_of, key=user_of),
