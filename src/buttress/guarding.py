@@ -21,6 +21,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from buttress.categories import Category
 from buttress.guardrails import Decision, Guardrails
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class GuardrailGate:
         self._batched = guardrails.url.is_redis
         self._pending: list[tuple[Any, Any, asyncio.Future[Decision]]] = []
         self._refresher: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._trips = {g.name: metrics.guardrail_trips.labels(metrics.service, g.name)
                        for g in guardrails.guards}
 
@@ -52,13 +54,17 @@ class GuardrailGate:
                 loop.call_soon(self._flush)
             self._pending.append((request, response, future))
             decision = await future
-        for name in decision.refused_by:
-            self._trips[name].inc()
+        if decision.category is Category.GUARDRAIL_EXCEEDED:  # over budget; not an outage
+            for name in decision.refused_by:
+                self._trips[name].inc()
         return decision
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         task = asyncio.get_running_loop().create_task(self._admit_batch(batch))
+        # the loop keeps only a weak reference to a task: hold it until it is done
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
         task.add_done_callback(_log_crash)
 
     async def _admit_batch(self, batch: list[tuple[Any, Any, asyncio.Future[Decision]]]) -> None:

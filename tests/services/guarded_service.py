@@ -30,7 +30,7 @@ COUNT_GUARDRAIL = "claims_per_user"
 VALUE_GUARDRAIL = "granted_value"
 # Fixed windows are aligned to the epoch: a day-long one makes a test that happens to cross
 # an edge (and so sees its counts restart) a 1-in-tens-of-thousands event.
-COUNT_WINDOW = "1d"
+COUNT_WINDOW = "24h"
 VALUE_WINDOW = "1h"
 
 

@@ -31,8 +31,8 @@ from buttress.oip.types import DATATYPES, datatype_of
 from buttress.runners import Described, RemoteUnavailable, Signature
 
 if TYPE_CHECKING:
-    from buttress.stage_runtime import StageRuntime
     from buttress.runtime import Runtime
+    from buttress.stage_runtime import StageRuntime
 
 log = logging.getLogger("buttress.oip")
 
