@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
@@ -33,6 +34,7 @@ from tests.services.guarded_service import (
     COUNT_GUARDRAIL,
     DEFAULT_GRANT,
     VALUE_GUARDRAIL,
+    Claim,
     guarded_service,
     per_user_count,
     value_sum,
@@ -338,3 +340,35 @@ async def test_usage_gauges_follow_the_budget_for_the_top_keys_only(
                 for s in metric.samples if s.labels["guardrail"] == COUNT_GUARDRAIL}
         assert "hot" in keys
         assert len(keys) == buttress.guarding.TOP_KEYS
+
+
+async def test_a_refusal_reuses_the_requests_stage_results(tmp_path: Path) -> None:
+    """Running out of budget must not cost a second feature look-up."""
+    svc = bt.Service(unique_prefix("reuse"), input=Claim,
+                     guardrails=[bt.FixedWindow("one", limit=1, window="1h")])
+    looked_up = {"n": 0}
+
+    @svc.stage(fallback=0.0)
+    async def feature(item: Claim) -> float:
+        looked_up["n"] += 1
+        return 1.0
+
+    @svc.model(model=lambda rows: rows[:, 0], fallback=lambda item: np.array([0.0]))
+    def score(item: Claim, feature: float) -> np.ndarray:
+        return np.array([[feature]])
+
+    @svc.respond
+    def respond(item: Claim, score: np.ndarray) -> dict[str, float]:
+        return {"score": float(score[0])}
+
+    runtime = svc.build(bt.Settings(events_dir=str(tmp_path)))
+    await runtime.start()
+    try:
+        first = await runtime.answer(b'{"user": "u"}', request_id="1")
+        second = await runtime.answer(b'{"user": "u"}', request_id="2")
+    finally:
+        await runtime.stop()
+    assert orjson.loads(first.body) == {"score": 1.0}
+    assert orjson.loads(second.body) == {"score": 0.0}
+    assert second.context.fallback_categories == ["guardrail_exceeded"]
+    assert looked_up["n"] == 2  # one per request, none for the refusal

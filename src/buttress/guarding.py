@@ -59,6 +59,13 @@ class GuardrailGate:
                 self._trips[name].inc()
         return decision
 
+    def out_of_time(self) -> Decision:
+        """The decision when the request's deadline passed before the backend answered:
+        like an outage, each guardrail's fail policy decides."""
+        closed = tuple(g.name for g in self.guardrails.guards if g.fail == "closed")
+        return Decision(admitted=not closed, refused_by=closed, unavailable=True,
+                        error=None)
+
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
         task = asyncio.get_running_loop().create_task(self._admit_batch(batch))

@@ -104,13 +104,14 @@ class Pipeline:
         cache = self.response_cache
         body: bytes | None = None
         response: Any = _NOT_BUILT
+        results: dict[str, Any] = {}  # filled only if this request computes its answer
         if cache is None:
-            response = await self._compute(request, ctx)
+            response = await self._compute(request, ctx, results=results)
         else:
             computed: list[Any] = []
 
             async def compute_text() -> str:
-                computed.append(await self._compute(request, ctx))
+                computed.append(await self._compute(request, ctx, results=results))
                 return self._serialize(computed[0]).decode()
 
             key = cache.key(request, self.model_version)
@@ -135,19 +136,37 @@ class Pipeline:
             if response is _NOT_BUILT:
                 response = self._decode(body or b"")
             if not await self._admitted(request, response, ctx):
-                response = await self._compute(request, ctx, default_prediction=True)
+                response = await self._default_response(request, ctx, results)
                 body = None
         return body if body is not None else self._serialize(response)
 
     async def _admitted(self, request: Any, response: Any, ctx: RequestContext) -> bool:
         """Ask the guardrails; record what they said. False: serve the default prediction."""
         assert self.gate is not None
-        decision = await self.gate.admit(request, response)
+        try:
+            # bounded by the deadline too: a slow Redis must not hold an answer that is ready
+            async with asyncio.timeout_at(ctx.deadline + SHARED_WAIT_GRACE):
+                decision = await self.gate.admit(request, response)
+        except TimeoutError:
+            decision = self.gate.out_of_time()
         category = decision.category
         if category is not None:
             detail = ",".join(decision.refused_by) or decision.error or ""
             ctx.record(category, "guardrails", detail)
         return decision.admitted
+
+    async def _default_response(self, request: Any, ctx: RequestContext,
+                                results: dict[str, Any]) -> Any:
+        """The response with every model stage's fallback. Reuses this request's other stage
+        results when it computed them (no second feature look-up just when a budget ran out);
+        a cached answer has none, so the stages run again."""
+        if not results:
+            return await self._compute(request, ctx, default_prediction=True)
+        for name in self.model_stages:
+            spec = self.runtimes[name].spec
+            if spec.has_fallback:
+                results[name] = spec.fallback_value(request)
+        return self._respond(request, results, ctx)
 
     def _decode(self, body: bytes) -> Any:
         """A cached body back into the response object the guardrails measure."""
@@ -156,10 +175,13 @@ class Pipeline:
         return orjson.loads(body)
 
     async def _compute(self, request: Any, ctx: RequestContext,
-                       default_prediction: bool = False) -> Any:
+                       default_prediction: bool = False,
+                       results: dict[str, Any] | None = None) -> Any:
         """Run the stages and the responder; ``default_prediction`` serves every model stage's
         fallback instead of calling it (a guardrail refused the model's answer)."""
-        results: dict[str, Any] = self.resources.copy()
+        if results is None:
+            results = {}
+        results.update(self.resources)
         for level in self.levels:
             if default_prediction:
                 defaults = [s for s in level if s.kind == "model" and s.has_fallback]

@@ -2,7 +2,7 @@
 
 - Fixed window: per key ``[window index, used]``; windows are aligned to the epoch
   (``index = now // window``) and a key whose index is stale starts again from 0.
-- Sliding window: per key an exact log of ``[timestamp, cost]`` (a deque, oldest first) and its
+- Sliding window: per key an exact log of timestamps and costs (deques, oldest first) and its
   running sum. One batch shares one timestamp, so its admissions for a key merge into one entry.
   An entry stops counting once ``timestamp <= now - window``: use is the sum over
   ``(now - window, now]``, and a request is admitted only if ``use + cost <= limit``. Every
@@ -46,31 +46,39 @@ class _Fixed:
 
 
 class _Sliding:
-    """One key's exact log of ``[timestamp, cost]``, oldest first, and its running sum."""
+    """One key's exact log, oldest first, and its running sum.
 
-    __slots__ = ("log", "used", "window")
+    Two parallel deques of ints rather than one of ``[timestamp, cost]`` pairs: ints are not
+    tracked by the garbage collector, pairs are, and at thousands of admissions a second a
+    window's pairs made every full collection measurably longer.
+    """
+
+    __slots__ = ("costs", "times", "used", "window")
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self.log: deque[list[int]] = deque()
+        self.times: deque[int] = deque()
+        self.costs: deque[int] = deque()
         self.used = 0
 
     def refresh(self, now: int) -> None:
-        log, cutoff = self.log, now - self.window
-        while log and log[0][0] <= cutoff:
-            self.used -= log.popleft()[1]
+        times, costs, cutoff = self.times, self.costs, now - self.window
+        while times and times[0] <= cutoff:
+            times.popleft()
+            self.used -= costs.popleft()
 
     def add(self, now: int, cost: int) -> None:
         self.used += cost
-        log = self.log
-        if log and log[-1][0] == now:  # one batch, one timestamp: one entry
-            log[-1][1] += cost
+        if self.times and self.times[-1] == now:  # one batch, one timestamp: one entry
+            self.costs[-1] += cost
         else:
-            log.append([now, cost])
+            self.times.append(now)
+            self.costs.append(cost)
 
     def used_at(self, now: int) -> int:
         cutoff = now - self.window
-        return self.used - sum(cost for at, cost in self.log if at <= cutoff)
+        expired = sum(c for at, c in zip(self.times, self.costs, strict=True) if at <= cutoff)
+        return self.used - expired
 
 
 _State = _Fixed | _Sliding
