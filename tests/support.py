@@ -11,7 +11,15 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from buttress.config import Settings
+    from buttress.runtime import Runtime
+    from buttress.service import Service
 
 MACHINE_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -83,3 +91,29 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+async def delete_namespaces(url: str, names: Sequence[str]) -> None:
+    """Remove the keys of these services only, never anything else on the shared Redis."""
+    from buttress.backends import Connections
+
+    connections = Connections()
+    try:
+        client = connections.redis(url)
+        for name in names:
+            keys = [k async for k in client.scan_iter(match=f"buttress:{{{name}}}:*", count=1000)]
+            if keys:
+                await client.delete(*keys)
+    finally:
+        await connections.aclose()
+
+
+@asynccontextmanager
+async def started(svc: Service, settings: Settings) -> AsyncIterator[Runtime]:
+    """A built and started runtime of ``svc``, stopped at the end."""
+    runtime = svc.build(settings)
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ import orjson
 import pytest
 
 import buttress as bt
-from buttress.backends import Connections
 from buttress.runtime import Answer, Runtime
 from tests.services.cached_service import (
     FEATURES_FALLBACK,
@@ -31,7 +30,7 @@ from tests.services.cached_service import (
     CachedService,
     cached_service,
 )
-from tests.support import PrivateRedis, unique_prefix
+from tests.support import PrivateRedis, delete_namespaces, started, unique_prefix
 from tests.test_cache_contract import BACKENDS
 
 
@@ -75,27 +74,12 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         await delete_namespaces(url, chosen.names)
 
 
-async def delete_namespaces(url: str, names: list[str]) -> None:
-    """Remove the keys of these services only (never anything else on the shared Redis)."""
-    connections = Connections()
-    try:
-        client = connections.redis(url)
-        for name in names:
-            keys = [k async for k in client.scan_iter(match=f"buttress:{{{name}}}:*", count=1000)]
-            if keys:
-                await client.delete(*keys)
-    finally:
-        await connections.aclose()
 
 
-@asynccontextmanager
-async def running(declared: CachedService, settings: bt.Settings) -> AsyncIterator[Runtime]:
-    runtime = declared.svc.build(settings)
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
+def running(
+    declared: CachedService, settings: bt.Settings
+) -> AbstractAsyncContextManager[Runtime]:
+    return started(declared.svc, settings)
 
 
 async def ask(runtime: Runtime, request: dict[str, Any] | bytes, *,

@@ -15,7 +15,6 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import pytest
 
 import buttress as bt
 import buttress.guarding
-from buttress.backends import Connections
 from buttress.guardrails import Decision, Guardrails
 from buttress.guardrails.policy import UNITS, FailPolicy
 from buttress.runtime import Answer, Runtime
@@ -39,7 +37,7 @@ from tests.services.guarded_service import (
     per_user_count,
     value_sum,
 )
-from tests.support import MACHINE_REDIS_URL, PrivateRedis, unique_prefix
+from tests.support import MACHINE_REDIS_URL, PrivateRedis, delete_namespaces, started, unique_prefix
 
 BACKENDS = [
     pytest.param("memory://", id="memory"),
@@ -81,27 +79,6 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         await delete_namespaces(url, chosen.names)
 
 
-async def delete_namespaces(url: str, names: Sequence[str]) -> None:
-    """Remove the keys of these services only, never anything else on the shared Redis."""
-    connections = Connections()
-    try:
-        client = connections.redis(url)
-        for name in names:
-            keys = [k async for k in client.scan_iter(match=f"buttress:{{{name}}}:*", count=1000)]
-            if keys:
-                await client.delete(*keys)
-    finally:
-        await connections.aclose()
-
-
-@asynccontextmanager
-async def running(svc: bt.Service, settings: bt.Settings) -> AsyncIterator[Runtime]:
-    runtime = svc.build(settings)
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
 
 
 async def claim(runtime: Runtime, user: str, value: float = 1.0, mode: str = "ok") -> Answer:
@@ -148,7 +125,7 @@ def units(value: float) -> int:
 async def test_count_per_key_serves_the_default_prediction_past_the_limit(
         backend: Backend) -> None:
     declared = guarded_service(backend.name("count"), [per_user_count(3)])
-    async with running(declared.svc, backend.settings()) as runtime:
+    async with started(declared.svc, backend.settings()) as runtime:
         for _ in range(3):
             admitted = await claim(runtime, "alice", 5)
             assert (granted(admitted), fallbacks(admitted)) == (5, [])
@@ -170,7 +147,7 @@ async def test_value_sum_admits_whole_requests_up_to_the_limit_and_never_past_it
     declared = guarded_service(backend.name("sum"), [value_sum(limit)])
     rng = random.Random(6)
     values = [round(rng.uniform(0.1, 4.0), 2) for _ in range(40)]
-    async with running(declared.svc, backend.settings()) as runtime:
+    async with started(declared.svc, backend.settings()) as runtime:
         answers = [await claim(runtime, f"user-{i % 3}", v) for i, v in enumerate(values)]
         total = 0
         for value, answer in zip(values, answers, strict=True):
@@ -187,7 +164,7 @@ async def test_value_sum_admits_whole_requests_up_to_the_limit_and_never_past_it
 
 async def test_request_is_admitted_only_if_it_fits_every_guardrail(backend: Backend) -> None:
     declared = guarded_service(backend.name("both"), [per_user_count(3), value_sum(10)])
-    async with running(declared.svc, backend.settings()) as runtime:
+    async with started(declared.svc, backend.settings()) as runtime:
         assert granted(await claim(runtime, "alice", 4)) == 4
         assert granted(await claim(runtime, "alice", 4)) == 4
         over_value = await claim(runtime, "alice", 4)  # 12 > 10, count would fit
@@ -205,7 +182,7 @@ async def test_request_is_admitted_only_if_it_fits_every_guardrail(backend: Back
 
 async def test_a_request_whose_model_fell_back_is_not_counted(backend: Backend) -> None:
     declared = guarded_service(backend.name("fellback"), [per_user_count(3), value_sum(100)])
-    async with running(declared.svc, backend.settings()) as runtime:
+    async with started(declared.svc, backend.settings()) as runtime:
         for _ in range(5):
             failed = await claim(runtime, "alice", 5, mode="raise")
             assert (granted(failed), fallbacks(failed)) == (DEFAULT_GRANT, ["model_error"])
@@ -216,7 +193,7 @@ async def test_a_request_whose_model_fell_back_is_not_counted(backend: Backend) 
 async def test_a_cached_answer_still_passes_the_guardrails(backend: Backend) -> None:
     declared = guarded_service(backend.name("cached"), [per_user_count(3)],
                                cache=bt.Cache(ttl="60s"))
-    async with running(declared.svc, backend.settings()) as runtime:
+    async with started(declared.svc, backend.settings()) as runtime:
         rows_before = declared.calls.rows  # the warm-up ran the model
         answers = [await claim(runtime, "alice", 5) for _ in range(5)]
         assert [a.context.cache for a in answers] == ["miss", "hit", "hit", "hit", "hit"]
@@ -246,7 +223,7 @@ async def test_redis_down_follows_the_fail_policy_within_the_timeout(
                                [per_user_count(3, fail), value_sum(100, fail)])
     settings = bt.Settings(guardrails_url=private_redis.url + "?timeout=50ms",
                            events_dir=str(tmp_path / "events"), deadline=2.0, max_deadline=2.0)
-    async with running(declared.svc, settings) as runtime:
+    async with started(declared.svc, settings) as runtime:
         assert (granted(await claim(runtime, "alice", 5)), runtime.ready) == (5, True)
         assert private_redis.process is not None
         pid = private_redis.process.pid
@@ -256,9 +233,9 @@ async def test_redis_down_follows_the_fail_policy_within_the_timeout(
             os.kill(pid, signal.SIGSTOP)
         try:
             for _ in range(8):  # the breaker opens after 5 failures; the rest cost nothing
-                started = time.perf_counter()
+                began = time.perf_counter()
                 answer = await claim(runtime, "alice", 5)
-                assert time.perf_counter() - started < 0.5
+                assert time.perf_counter() - began < 0.5
                 assert fallbacks(answer) == UNAVAILABLE
                 assert granted(answer) == (DEFAULT_GRANT if fail == "closed" else 5)
                 assert answer.context.fallbacks[0].stage == "guardrails"
@@ -283,7 +260,7 @@ async def test_concurrent_requests_are_batched_and_never_overshoot(backend: Back
                                batch=bt.Batch(max_size=64, max_wait="2ms"))
     rng = random.Random(7)
     values = [round(rng.uniform(0.5, 3.0), 2) for _ in range(200)]
-    async with running(declared.svc, backend.settings()) as runtime:
+    async with started(declared.svc, backend.settings()) as runtime:
         guardrails = guardrails_of(runtime)
         backend_calls: list[int] = []
         admit_many = guardrails.admit_many
@@ -317,7 +294,7 @@ async def test_usage_gauges_follow_the_budget_for_the_top_keys_only(
         backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(buttress.guarding, "USAGE_REFRESH_SECONDS", 0.05)
     declared = guarded_service(backend.name("gauges"), [per_user_count(3), value_sum(100)])
-    async with running(declared.svc, backend.settings()) as runtime:
+    async with started(declared.svc, backend.settings()) as runtime:
         for _ in range(3):
             await claim(runtime, "hot", 2)
         for user in range(buttress.guarding.TOP_KEYS + 2):
