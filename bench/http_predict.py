@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Result, Server, table, wrk
@@ -28,6 +30,22 @@ SCENARIOS = {
     "buttress": ([PY, "-m", "buttress.cli", "serve", "examples/discount/service.py:svc",
                   "--port", "{port}"], "/readyz"),
 }
+ADMIN_TOKEN = "bench"
+# wrk sends one order (user 42) again and again: lift the demo's guardrails so the run
+# measures predictions, not the default-prediction path of an exhausted budget
+GUARDRAILS = ("discount_value_per_minute", "discounted_orders_per_user_per_hour")
+
+
+def lift_guardrails(url: str) -> None:
+    for name in GUARDRAILS:
+        httpx.post(f"{url}/admin/guardrails/{name}", json={"limit": 1e9},
+                   headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).raise_for_status()
+
+
+def fallbacks(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("buttress_fallbacks_total{"))
 
 
 def main() -> None:
@@ -36,13 +54,22 @@ def main() -> None:
     parser.add_argument("--connections", default="16")
     args = parser.parse_args()
     results: list[Result] = []
+    served_fallbacks: dict[str, float] = {}
     for name, (argv, ready) in SCENARIOS.items():
-        with Server(argv, ready_path=ready) as server:
+        env = {"BUTTRESS_ADMIN_TOKEN": ADMIN_TOKEN}
+        with Server(argv, env=env, ready_path=ready) as server:
+            if name != "raw starlette":
+                lift_guardrails(server.url)
+                before = fallbacks(server.url)
             for conns in map(int, args.connections.split(",")):
                 wrk(name, server.url + "/predict", BODY, connections=conns, duration=2)  # warm
                 results.append(wrk(name, server.url + "/predict", BODY, connections=conns,
                                    duration=args.duration))
+            if name != "raw starlette":
+                served_fallbacks[name] = fallbacks(server.url) - before
     print(table(results, baseline="raw starlette"))
+    for name, count in served_fallbacks.items():
+        print(f"\n{name}: {count:.0f} fallbacks served during the runs (warm-up included)")
 
 
 if __name__ == "__main__":
