@@ -89,7 +89,8 @@ def demo(
             settings = settings.model_copy(update={"features_url": DEMO_FEATURES_URL})
         target = _demo_target()
         typer.echo(f"buttress demo: serving {DEMO_TARGET} on http://{settings.host}:"
-                   f"{settings.port} (backend {settings.backend})", err=True)
+                   f"{settings.port} (features {settings.feature_store_url}, caches and "
+                   f"guardrails {settings.guardrail_store_url})", err=True)
         if traffic:
             _serve_with_traffic(target, settings)
         else:
