@@ -234,8 +234,9 @@ def test_request_id_replaced_when_malformed(client: httpx.Client, bad_id: bytes)
     assert len(replaced) >= 16
 
 
-def test_deadline_header_of_1ms_times_the_model_out(client: httpx.Client) -> None:
-    response, elapsed = timed_post(client, ORDER, **{"X-Deadline-Ms": "1"})
+def test_deadline_header_of_0ms_times_the_model_out(client: httpx.Client) -> None:
+    # 0, not 1: the demo's model answers a lone row in ~0.7 ms, so 1 ms is sometimes enough
+    response, elapsed = timed_post(client, ORDER, **{"X-Deadline-Ms": "0"})
     assert response.status_code == 200
     assert "model_timeout" in fallbacks(response)
     assert response.json()["discounts"] == [{"sub_order_id": "so-1", "discount_pct": 0.0}]
