@@ -13,7 +13,7 @@ import pytest
 from buttress.config import Settings
 from buttress.runtime import Runtime
 from examples.discount.service import EXAMPLE, svc
-from tests.support import PrivateRedis
+from tests.support import PrivateRedis, started
 
 pytestmark = pytest.mark.redis
 
@@ -31,12 +31,8 @@ async def demo_on_private_redis(
 ) -> AsyncIterator[Runtime]:
     settings = Settings(features_url=f"{private_redis.url}?timeout=50ms",
                         events_dir=str(tmp_path / "events"))
-    runtime = svc.build(settings)
-    await runtime.start()
-    try:
+    async with started(svc, settings) as runtime:
         yield runtime
-    finally:
-        await runtime.stop()
 
 
 async def test_unknown_user_and_product_get_default_features(
