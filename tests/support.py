@@ -14,7 +14,8 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from buttress.config import Settings
@@ -91,6 +92,35 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+@dataclass
+class ServiceBackend:
+    """One backend of the service-level matrix, and the service names (Redis namespaces) a
+    test used, so exactly those keys are deleted afterwards."""
+
+    url: str
+    workdir: Path
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def is_redis(self) -> bool:
+        return self.url.startswith("redis")
+
+    def name(self, label: str) -> str:
+        name = unique_prefix(label)
+        self.names.append(name)
+        return name
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings putting caches and guardrails on this backend, with a roomy deadline."""
+        from buttress.config import Settings
+
+        values: dict[str, Any] = {
+            "cache_url": self.url, "guardrails_url": self.url,
+            "events_dir": str(self.workdir / "events"), "deadline": 2.0, "max_deadline": 2.0,
+            **overrides}
+        return Settings(**values)
 
 
 async def delete_namespaces(url: str, names: Sequence[str]) -> None:

@@ -13,9 +13,7 @@ import collections
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,48 +28,12 @@ from tests.services.cached_service import (
     CachedService,
     cached_service,
 )
-from tests.support import PrivateRedis, delete_namespaces, started, unique_prefix
-from tests.test_cache_contract import BACKENDS
+from tests.support import PrivateRedis, ServiceBackend, started, unique_prefix
 
 
 class Pair(bt.Input):
     user: int
     fail: bool = False
-
-
-@dataclass
-class Backend:
-    """One backend of the matrix, and the service names (Redis namespaces) a test used."""
-
-    url: str
-    workdir: Path
-    names: list[str] = field(default_factory=list)
-
-    @property
-    def is_redis(self) -> bool:
-        return self.url.startswith("redis")
-
-    def name(self, label: str) -> str:
-        name = unique_prefix(label)
-        self.names.append(name)
-        return name
-
-    def settings(self, **overrides: Any) -> bt.Settings:
-        values: dict[str, Any] = {
-            "cache_url": self.url, "events_dir": str(self.workdir / "events"),
-            "deadline": 2.0, "max_deadline": 2.0, **overrides}
-        return bt.Settings(**values)
-
-
-@pytest.fixture(params=BACKENDS.values())
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    url: str = request.param
-    if url.startswith("redis"):
-        request.getfixturevalue("machine_redis_url")
-    chosen = Backend(url, tmp_path)
-    yield chosen
-    if chosen.is_redis:
-        await delete_namespaces(url, chosen.names)
 
 
 
@@ -108,7 +70,7 @@ def sets(runtime: Runtime, cache: str) -> float:
     return value or 0.0
 
 
-async def test_a_repeated_request_is_a_hit(backend: Backend) -> None:
+async def test_a_repeated_request_is_a_hit(backend: ServiceBackend) -> None:
     declared = cached_service(backend.name("hit"))
     async with running(declared, backend.settings()) as runtime:
         first = await ask(runtime, {"x": 1.5, "user": 3})
@@ -125,7 +87,7 @@ async def test_a_repeated_request_is_a_hit(backend: Backend) -> None:
 
 
 @pytest.mark.slow
-async def test_an_entry_expires_after_its_ttl(backend: Backend) -> None:
+async def test_an_entry_expires_after_its_ttl(backend: ServiceBackend) -> None:
     declared = cached_service(backend.name("ttl"), ttl="200ms")
     async with running(declared, backend.settings()) as runtime:
         assert (await ask(runtime, {"x": 1})).context.cache == "miss"
@@ -137,7 +99,7 @@ async def test_an_entry_expires_after_its_ttl(backend: Backend) -> None:
         assert body(expired)["model_calls"] == 2
 
 
-async def test_the_key_is_the_validated_input_not_its_spelling(backend: Backend) -> None:
+async def test_the_key_is_the_validated_input_not_its_spelling(backend: ServiceBackend) -> None:
     declared = cached_service(backend.name("canonical"))
     async with running(declared, backend.settings()) as runtime:
         first = await ask(runtime, b'{"x": 1, "user": 3, "meta": {"a": 1, "b": "z"}}')
@@ -153,7 +115,7 @@ async def test_the_key_is_the_validated_input_not_its_spelling(backend: Backend)
         assert declared.calls.model == 2
 
 
-async def test_the_model_version_is_part_of_the_key(backend: Backend) -> None:
+async def test_the_model_version_is_part_of_the_key(backend: ServiceBackend) -> None:
     """Two builds of one service (one namespace) that differ only in model version never
     answer each other's requests; a third build with v1 shows the namespace is really shared
     on Redis (and, on memory, that two runtimes in one process share nothing)."""
@@ -175,7 +137,7 @@ async def test_the_model_version_is_part_of_the_key(backend: Backend) -> None:
             assert shared.context.cache == ("hit" if backend.is_redis else "miss")
 
 
-async def test_fallback_answers_are_not_cached(backend: Backend) -> None:
+async def test_fallback_answers_are_not_cached(backend: ServiceBackend) -> None:
     declared = cached_service(backend.name("fallback"))
     async with running(declared, backend.settings()) as runtime:
         for attempt in (1, 2):
@@ -195,7 +157,9 @@ async def test_fallback_answers_are_not_cached(backend: Backend) -> None:
         assert sets(runtime, "features") == 1  # only user 0's features
 
 
-async def test_answers_built_while_a_breaker_was_open_are_not_cached(backend: Backend) -> None:
+async def test_answers_built_while_a_breaker_was_open_are_not_cached(
+    backend: ServiceBackend,
+) -> None:
     declared = cached_service(backend.name("breaker"),
                               model_breaker=bt.Breaker(consecutive_failures=2, open_for="1h"))
     request = {"x": 4, "user": 1}
@@ -217,7 +181,7 @@ async def test_answers_built_while_a_breaker_was_open_are_not_cached(backend: Ba
         assert declared.calls.model == 3
 
 
-async def test_concurrent_identical_requests_compute_once(backend: Backend) -> None:
+async def test_concurrent_identical_requests_compute_once(backend: ServiceBackend) -> None:
     declared = cached_service(backend.name("flight"))
     async with running(declared, backend.settings()) as runtime:
         answers = await asyncio.gather(*(ask(runtime, {"x": 3, "user": 2}) for _ in range(100)))
@@ -229,7 +193,9 @@ async def test_concurrent_identical_requests_compute_once(backend: Backend) -> N
         assert body(answers[0])["score"] == 3 + 4
 
 
-async def test_concurrent_requests_sharing_a_fallback_each_report_it(backend: Backend) -> None:
+async def test_concurrent_requests_sharing_a_fallback_each_report_it(
+    backend: ServiceBackend,
+) -> None:
     declared = cached_service(backend.name("flight-fallback"))
     request = {"x": 3, "mode": "raise"}
     async with running(declared, backend.settings()) as runtime:
@@ -245,7 +211,7 @@ async def test_concurrent_requests_sharing_a_fallback_each_report_it(backend: Ba
         assert declared.calls.model == 2
 
 
-async def test_a_stage_cache_keyed_by_user_saves_the_stage(backend: Backend) -> None:
+async def test_a_stage_cache_keyed_by_user_saves_the_stage(backend: ServiceBackend) -> None:
     declared = cached_service(backend.name("stage"), feature_sleep=0.02)
     async with running(declared, backend.settings()) as runtime:
         started = time.perf_counter()
@@ -265,7 +231,7 @@ async def test_a_stage_cache_keyed_by_user_saves_the_stage(backend: Backend) -> 
         assert lookups(runtime, "features", "hit") == 1
 
 
-async def test_no_cache_bypasses_and_refreshes_the_entry(backend: Backend) -> None:
+async def test_no_cache_bypasses_and_refreshes_the_entry(backend: ServiceBackend) -> None:
     declared = cached_service(backend.name("bypass"))
     request = {"x": 5, "user": 1}
     async with running(declared, backend.settings()) as runtime:
@@ -281,7 +247,7 @@ async def test_no_cache_bypasses_and_refreshes_the_entry(backend: Backend) -> No
         assert declared.calls.model == 2
 
 
-async def test_a_sibling_stage_fallback_is_not_replayed_to_waiters(backend: Backend) -> None:
+async def test_a_sibling_stage_fallback_is_not_replayed_to_waiters(backend: ServiceBackend) -> None:
     """Stages of one level run concurrently on one context: a fallback of an uncached sibling
     lands while a cached stage is computing. Requests that shared that stage's computation must
     not receive the sibling's fallback, which happened to another request."""
@@ -329,7 +295,7 @@ async def test_requests_succeed_through_a_redis_outage(private_redis: PrivateRed
     When Redis is back, hits resume once the cache breakers' open interval (the default
     ``Breaker``: 5 s; ``bt.Cache`` has no breaker setting) is over."""
     declared = cached_service(unique_prefix("outage"))
-    settings = Backend(f"{private_redis.url}?timeout=50ms", tmp_path).settings()
+    settings = ServiceBackend(f"{private_redis.url}?timeout=50ms", tmp_path).settings()
     async with running(declared, settings) as runtime:
         assert (await ask(runtime, {"x": 1, "user": 1})).context.cache == "miss"
         assert (await ask(runtime, {"x": 1, "user": 1})).context.cache == "hit"
@@ -370,7 +336,7 @@ async def test_a_hung_redis_costs_each_request_its_timeout_then_nothing(
     """A Redis that accepts nothing and answers nothing (SIGSTOP): a request waits at most the
     URL's ``timeout`` per cache, and once the breakers are open it does not wait at all."""
     declared = cached_service(unique_prefix("hung"))
-    settings = Backend(f"{private_redis.url}?timeout=50ms", tmp_path).settings()
+    settings = ServiceBackend(f"{private_redis.url}?timeout=50ms", tmp_path).settings()
     async with running(declared, settings) as runtime:
         assert (await ask(runtime, {"x": 1})).context.cache == "miss"
         assert private_redis.process is not None
@@ -391,7 +357,9 @@ async def test_a_hung_redis_costs_each_request_its_timeout_then_nothing(
         assert max(took[-5:]) < 0.025, [round(t * 1000) for t in took]  # breakers open
 
 
-async def test_a_request_sharing_a_computation_keeps_its_own_deadline(backend: Backend) -> None:
+async def test_a_request_sharing_a_computation_keeps_its_own_deadline(
+    backend: ServiceBackend,
+) -> None:
     svc = bt.Service(backend.name("deadline"), input=Pair, cache=bt.Cache())
 
     @svc.stage(fallback=0)

@@ -14,8 +14,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,46 +36,15 @@ from tests.services.guarded_service import (
     per_user_count,
     value_sum,
 )
-from tests.support import MACHINE_REDIS_URL, PrivateRedis, delete_namespaces, started, unique_prefix
+from tests.support import (
+    PrivateRedis,
+    ServiceBackend,
+    started,
+    unique_prefix,
+)
 
-BACKENDS = [
-    pytest.param("memory://", id="memory"),
-    pytest.param(MACHINE_REDIS_URL, id="redis", marks=pytest.mark.redis),
-]
 EXCEEDED = ["guardrail_exceeded"]
 UNAVAILABLE = ["guardrail_unavailable"]
-
-
-@dataclass
-class Backend:
-    """One backend of the matrix, and the service names (Redis namespaces) a test used."""
-
-    url: str
-    workdir: Path
-    names: list[str] = field(default_factory=list)
-
-    def name(self, label: str) -> str:
-        name = unique_prefix(f"guarded-{label}")
-        self.names.append(name)
-        return name
-
-    def settings(self, **overrides: Any) -> bt.Settings:
-        values: dict[str, Any] = {
-            "guardrails_url": self.url, "cache_url": self.url,
-            "events_dir": str(self.workdir / "events"), "deadline": 2.0, "max_deadline": 2.0,
-            **overrides}
-        return bt.Settings(**values)
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    url: str = request.param
-    if url.startswith("redis"):
-        request.getfixturevalue("machine_redis_url")
-    chosen = Backend(url, tmp_path)
-    yield chosen
-    if url.startswith("redis"):
-        await delete_namespaces(url, chosen.names)
 
 
 
@@ -123,7 +91,7 @@ def units(value: float) -> int:
 
 
 async def test_count_per_key_serves_the_default_prediction_past_the_limit(
-        backend: Backend) -> None:
+        backend: ServiceBackend) -> None:
     declared = guarded_service(backend.name("count"), [per_user_count(3)])
     async with started(declared.svc, backend.settings()) as runtime:
         for _ in range(3):
@@ -142,7 +110,7 @@ async def test_count_per_key_serves_the_default_prediction_past_the_limit(
 
 
 async def test_value_sum_admits_whole_requests_up_to_the_limit_and_never_past_it(
-        backend: Backend) -> None:
+        backend: ServiceBackend) -> None:
     limit = 25.0
     declared = guarded_service(backend.name("sum"), [value_sum(limit)])
     rng = random.Random(6)
@@ -162,7 +130,7 @@ async def test_value_sum_admits_whole_requests_up_to_the_limit_and_never_past_it
         assert units((await used(runtime, VALUE_GUARDRAIL))[None]) == total
 
 
-async def test_request_is_admitted_only_if_it_fits_every_guardrail(backend: Backend) -> None:
+async def test_request_is_admitted_only_if_it_fits_every_guardrail(backend: ServiceBackend) -> None:
     declared = guarded_service(backend.name("both"), [per_user_count(3), value_sum(10)])
     async with started(declared.svc, backend.settings()) as runtime:
         assert granted(await claim(runtime, "alice", 4)) == 4
@@ -180,7 +148,7 @@ async def test_request_is_admitted_only_if_it_fits_every_guardrail(backend: Back
         assert (trips(runtime, COUNT_GUARDRAIL), trips(runtime, VALUE_GUARDRAIL)) == (2, 2)
 
 
-async def test_a_request_whose_model_fell_back_is_not_counted(backend: Backend) -> None:
+async def test_a_request_whose_model_fell_back_is_not_counted(backend: ServiceBackend) -> None:
     declared = guarded_service(backend.name("fellback"), [per_user_count(3), value_sum(100)])
     async with started(declared.svc, backend.settings()) as runtime:
         for _ in range(5):
@@ -190,7 +158,7 @@ async def test_a_request_whose_model_fell_back_is_not_counted(backend: Backend) 
         assert await used(runtime, VALUE_GUARDRAIL) == {None: 15}
 
 
-async def test_a_cached_answer_still_passes_the_guardrails(backend: Backend) -> None:
+async def test_a_cached_answer_still_passes_the_guardrails(backend: ServiceBackend) -> None:
     declared = guarded_service(backend.name("cached"), [per_user_count(3)],
                                cache=bt.Cache(ttl="60s"))
     async with started(declared.svc, backend.settings()) as runtime:
@@ -254,7 +222,7 @@ async def test_redis_down_follows_the_fail_policy_within_the_timeout(
 # -- concurrency and batching -------------------------------------------------------------
 
 
-async def test_concurrent_requests_are_batched_and_never_overshoot(backend: Backend) -> None:
+async def test_concurrent_requests_are_batched_and_never_overshoot(backend: ServiceBackend) -> None:
     limit = 100.0
     declared = guarded_service(backend.name("many"), [value_sum(limit)],
                                batch=bt.Batch(max_size=64, max_wait="2ms"))
@@ -291,7 +259,7 @@ async def test_concurrent_requests_are_batched_and_never_overshoot(backend: Back
 
 
 async def test_usage_gauges_follow_the_budget_for_the_top_keys_only(
-        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+        backend: ServiceBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(buttress.guarding, "USAGE_REFRESH_SECONDS", 0.05)
     declared = guarded_service(backend.name("gauges"), [per_user_count(3), value_sum(100)])
     async with started(declared.svc, backend.settings()) as runtime:
