@@ -104,9 +104,3 @@ def _cap_unbounded_lists(cls: type[BaseModel]) -> bool:
             info.metadata.append(MaxLen(getattr(cls, "max_list_items", DEFAULT_MAX_LIST_ITEMS)))
             changed = True
     return changed
-
-
-def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """JSON schema of ``model`` under its field names (aliases listed in each description)."""
-    return model.model_json_schema(by_alias=False, ref_template="#/components/schemas/{model}")
-

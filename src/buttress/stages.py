@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from buttress.breaker import Breaker
@@ -71,7 +71,6 @@ class StageSpec:
     batch: Batch | None = None
     cache: Cache | None = None
     """Sub-module cache of this stage's output (JSON data; arrays come back as lists)."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_fallback(self) -> bool:
