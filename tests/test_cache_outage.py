@@ -14,8 +14,8 @@ from buttress.backends import Connections
 from buttress.breaker import Breaker
 from buttress.cache import MISS, Cache, CacheStatus, CacheUnavailable, ResponseCache
 from buttress.categories import Category
-from tests.support import PrivateRedis, unique_prefix
-from tests.test_cache_contract import FakeClock, RecordingObserver
+from tests.support import FakeClock, PrivateRedis, unique_prefix
+from tests.test_cache_contract import RecordingObserver
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

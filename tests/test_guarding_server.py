@@ -18,8 +18,12 @@ import pytest
 
 from tests.servers import REPO, RunningServer, metric_value, running_server
 from tests.services.guarded_service import COUNT_GUARDRAIL, DEFAULT_GRANT, VALUE_GUARDRAIL
-from tests.support import MACHINE_REDIS_URL, machine_redis_available, unique_prefix
-from tests.test_guarding_service import delete_namespaces
+from tests.support import (
+    MACHINE_REDIS_URL,
+    delete_namespaces,
+    machine_redis_available,
+    unique_prefix,
+)
 
 pytestmark = pytest.mark.slow
 
