@@ -100,6 +100,56 @@ async def test_independent_stages_run_concurrently(tmp_path: Path) -> None:
     assert set(answer.context.stage_ms) == {"left", "right"}
 
 
+async def test_a_level_starts_tasks_only_once_a_stage_suspends(tmp_path: Path) -> None:
+    """Stages that finish at once run inline; from the first that suspends on, the rest run
+    concurrently; a timeout a stage enters itself (as redis-py does) stays its own."""
+    svc = service()
+    tasks: dict[str, asyncio.Task[Any] | None] = {}
+
+    @svc.stage
+    async def instant(q: Query) -> int:
+        tasks["instant"] = asyncio.current_task()
+        return 1
+
+    @svc.stage(timeout="1s")
+    async def client_timeout(q: Query) -> int:
+        tasks["client_timeout"] = asyncio.current_task()
+        try:
+            async with asyncio.timeout(0.02):  # its own, like a client's socket timeout
+                await asyncio.sleep(1)
+        except TimeoutError:
+            await asyncio.sleep(0.08)
+            return 2
+        return -2
+
+    @svc.stage
+    async def slow(q: Query) -> int:
+        tasks["slow"] = asyncio.current_task()
+        await asyncio.sleep(0.1)
+        return 3
+
+    @svc.stage(timeout="30ms", fallback=lambda q: -4, category=FEATURES_UNAVAILABLE)
+    async def too_slow(q: Query) -> int:
+        await asyncio.sleep(1)
+        return 4
+
+    @svc.respond
+    def respond(q: Query, instant: int, client_timeout: int, slow: int,
+                too_slow: int) -> dict[str, int]:
+        return {"values": [instant, client_timeout, slow, too_slow]}
+
+    async with serving(svc, tmp_path, deadline="2s") as h:
+        started = time.perf_counter()
+        answer = await h.ask()
+        elapsed = time.perf_counter() - started
+    assert (answer.status, body(answer)) == (200, {"values": [1, 2, 3, -4]})
+    assert elapsed < 0.18, f"stages of one level ran one after the other: {elapsed:.3f} s"
+    assert answer.context.fallback_categories == ["features_unavailable"]
+    # the first two ran in the request's task; the one after the first suspension in its own
+    assert tasks["instant"] is tasks["client_timeout"]
+    assert tasks["slow"] is not tasks["instant"]
+
+
 async def test_dependencies_come_from_parameter_names(tmp_path: Path) -> None:
     svc = service()
     order: list[str] = []

@@ -4,10 +4,11 @@ The pipeline knows no HTTP: it takes a parsed input and a :class:`RequestContext
 the response body, or raises :class:`StageFailed` when a stage without a fallback failed. So
 the same pipeline can later serve a message stream or a batch job.
 
-Cost matters here (PERFORMANCE.md): stages of a level run concurrently only when there are
-several; a synchronous stage runs inline (keep them cheap; blocking work belongs in an async
-stage or the model); one ``asyncio.timeout_at`` bounds each async stage by the smaller of its
-own timeout and the request's deadline.
+Cost matters here (PERFORMANCE.md): a synchronous stage runs inline (keep them cheap;
+blocking work belongs in an async stage or the model); an async stage is stepped in the
+request's task first and gets a timer (the smaller of its own timeout and the request's
+deadline) only if it suspends; stages of a level become Tasks only once one of them
+suspends (``buttress.stepping``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from buttress.interface import Output, ParsedInput
 from buttress.runners import RemoteUnavailable
 from buttress.stage_runtime import TRACEBACK_INTERVAL, StageRuntime
 from buttress.stages import StageSpec, order_in_levels
+from buttress.stepping import Finished, bounded, first_step
 
 if TYPE_CHECKING:
     from buttress.backends import Connections
@@ -197,21 +199,30 @@ class Pipeline:
 
     async def _run_concurrently(self, level: list[StageSpec], request: Any,
                                 results: dict[str, Any], ctx: RequestContext) -> None:
-        """Run independent stages together: all but the last as tasks, the last in this task
-        (one task and the gather future fewer per request than ``asyncio.gather``)."""
-        loop = asyncio.get_running_loop()
-        *others, last = level
-        tasks = [loop.create_task(self._run_stage(self.runtimes[s.name], request, results, ctx))
-                 for s in others]
-        try:
-            value = await self._run_stage(self.runtimes[last.name], request, results, ctx)
-            for stage, task in zip(others, tasks, strict=True):
-                results[stage.name] = await task
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            raise
-        results[last.name] = value
+        """Run independent stages together, paying for concurrency only where it is used.
+
+        Each stage is stepped in this task (``first_step``): one that finishes without
+        suspending (a memory look-up) costs no Task and no timer. The first one that suspends
+        goes on in this task; the stages after it, not started yet, start as Tasks then.
+        """
+        for index, stage in enumerate(level):
+            step = first_step(self._run_stage(self.runtimes[stage.name], request, results, ctx))
+            if isinstance(step, Finished):
+                results[stage.name] = step.value
+                continue
+            loop = asyncio.get_running_loop()
+            rest = level[index + 1:]
+            tasks = [loop.create_task(self._run_stage(self.runtimes[s.name], request, results,
+                                                      ctx)) for s in rest]
+            try:
+                results[stage.name] = await step
+                for other, task in zip(rest, tasks, strict=True):
+                    results[other.name] = await task
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                raise
+            return
 
     def _arguments(self, spec: StageSpec, request: Any, results: dict[str, Any],
                    ctx: RequestContext) -> list[Any]:
@@ -256,8 +267,7 @@ class Pipeline:
             elif spec.is_async:
                 until = ctx.deadline if spec.timeout is None else min(
                     ctx.deadline, started + spec.timeout)
-                async with asyncio.timeout_at(until):
-                    value = await spec.fn(*args)
+                value = await bounded(spec.fn(*args), until)
             else:
                 value = spec.fn(*args)
         except TimeoutError:

@@ -1,0 +1,107 @@
+"""``buttress.stepping``: a coroutine stepped once keeps running in the task that stepped it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from buttress.stepping import Finished, Resumed, bounded, first_step
+
+
+async def returns_at_once(value: int) -> int:
+    return value
+
+
+async def sleeps_then_returns(seconds: float, value: int) -> int:
+    await asyncio.sleep(seconds)
+    return value
+
+
+async def test_a_coroutine_that_never_suspends_finishes_on_its_first_step() -> None:
+    step = first_step(returns_at_once(7))
+    assert isinstance(step, Finished)
+    assert step.value == 7
+
+
+async def test_a_suspended_coroutine_resumes_in_the_task_that_stepped_it() -> None:
+    seen: list[asyncio.Task[object] | None] = []
+
+    async def records_its_task() -> str:
+        seen.append(asyncio.current_task())
+        await asyncio.sleep(0.01)
+        seen.append(asyncio.current_task())
+        return "done"
+
+    step = first_step(records_its_task())
+    assert isinstance(step, Resumed)
+    assert await step == "done"
+    assert seen == [asyncio.current_task()] * 2
+
+
+async def test_a_timeout_entered_inside_the_coroutine_cancels_only_that_coroutine() -> None:
+    """What redis-py does: enter a timeout bound to the current task, then suspend."""
+
+    async def with_its_own_timeout() -> str:
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(1)
+        except TimeoutError:
+            return "timed out inside"
+        return "not reached"
+
+    step = first_step(with_its_own_timeout())
+    assert isinstance(step, Resumed)
+    assert await step == "timed out inside"
+    await asyncio.sleep(0.02)  # and this task was not cancelled afterwards
+
+
+async def test_exceptions_of_either_step_propagate() -> None:
+    async def fails_at_once() -> None:
+        raise KeyError("first")
+
+    async def fails_later() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("later")
+
+    with pytest.raises(KeyError, match="first"):
+        first_step(fails_at_once())
+    step = first_step(fails_later())
+    with pytest.raises(KeyError, match="later"):
+        await step
+
+
+async def test_cancelling_the_task_reaches_the_resumed_coroutine() -> None:
+    cleaned_up = asyncio.Event()
+
+    async def waits_forever() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned_up.set()
+
+    async def runner() -> None:
+        await first_step(waits_forever())  # type: ignore[misc]
+
+    task = asyncio.create_task(runner())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned_up.is_set()
+
+
+async def test_bounded_arms_no_timer_for_a_coroutine_that_does_not_suspend() -> None:
+    loop = asyncio.get_running_loop()
+    past = loop.time() - 1.0  # already over: a timer would cancel at the first suspension
+    assert await bounded(returns_at_once(3), past) == 3
+
+
+async def test_bounded_times_out_a_coroutine_that_suspends_past_its_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        await bounded(sleeps_then_returns(1.0, 1), loop.time() + 0.02)
+    assert time.perf_counter() - started < 0.5
+    assert await bounded(sleeps_then_returns(0.001, 5), loop.time() + 1.0) == 5
