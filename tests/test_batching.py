@@ -26,6 +26,7 @@ from buttress.batching import (
     BatcherClosed,
     BatchObserver,
     ExpiredInQueue,
+    ExpiredInRun,
     QueueFull,
     Rows,
     in_executor,
@@ -197,6 +198,29 @@ async def test_an_item_whose_deadline_passed_while_queued_is_skipped() -> None:
     assert batcher.stats().expired == 1
     with pytest.raises(ExpiredInQueue):  # already past at submit: refused at once
         await batcher.submit(rows(1), deadline=now[0] - 0.1)
+
+
+async def test_deadlines_bound_a_running_batch_with_one_timer() -> None:
+    """A slow run fails each item at its own deadline, running or queued behind it; the
+    batch-mates with time left still get their rows when the run completes."""
+    model = Model(gated=True)
+    batcher = Batcher(Batch(max_wait="1ms", adaptive=False), model)
+    started = time.monotonic()
+    hurried = spawn(batcher.submit(rows(1, 1.0), deadline=started + 0.05))
+    patient = spawn(batcher.submit(rows(1, 2.0), deadline=started + 5.0))
+    await until(lambda: model.sizes == [2])
+    queued = spawn(batcher.submit(rows(1, 3.0), deadline=time.monotonic() + 0.1))
+    with pytest.raises(ExpiredInRun):
+        await hurried
+    assert 0.04 <= time.monotonic() - started < 0.3
+    with pytest.raises(ExpiredInQueue):
+        await queued
+    assert time.monotonic() - started < 0.4
+    model.gate.set()
+    assert (await patient).tolist() == [6.0]
+    assert model.sizes == [2]  # the expired queued rows never reached the model
+    assert batcher.stats().expired == 2
+    assert batcher.stats().queued_rows == 0
 
 
 async def test_adaptive_wait_lets_lone_or_lockstep_requests_skip_max_wait() -> None:

@@ -92,10 +92,9 @@ class StageRuntime:
         now = asyncio.get_running_loop().time()
         until = deadline if spec.timeout is None else min(deadline, now + spec.timeout)
         if self.batcher is not None:
-            # The batcher never holds rows past their deadline (on time.monotonic's clock), but
-            # once their batch runs only this timeout stops a slow model from holding the request.
-            async with asyncio.timeout_at(until):
-                return await self.batcher.submit(rows, time.monotonic() + (until - now))
+            # The batcher holds no rows past their deadline (on time.monotonic's clock), queued
+            # or running (one timer per batch): no timer per request here.
+            return await self.batcher.submit(rows, time.monotonic() + (until - now))
         clock = time.perf_counter()
         async with asyncio.timeout_at(until):
             predictions = await self.runner.run(rows)

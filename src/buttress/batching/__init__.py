@@ -1,7 +1,7 @@
 """Dynamic server-side batching: ``Batch`` declares it, ``Batcher`` runs it."""
 
 from buttress.batching.batcher import Batcher
-from buttress.batching.errors import BatcherClosed, ExpiredInQueue, QueueFull
+from buttress.batching.errors import BatcherClosed, ExpiredInQueue, ExpiredInRun, QueueFull
 from buttress.batching.observer import BatcherStats, BatchObserver
 from buttress.batching.policy import Batch
 from buttress.batching.runner import Rows, RunCancelled, Runner, in_executor
@@ -13,6 +13,7 @@ __all__ = [
     "BatcherClosed",
     "BatcherStats",
     "ExpiredInQueue",
+    "ExpiredInRun",
     "QueueFull",
     "Rows",
     "RunCancelled",

@@ -20,8 +20,13 @@ How it runs, with no long-lived task and nothing created per item except its fut
   item's batch is flushed by the time half of what it had left at ``submit`` remains (at
   least run estimate + 1 ms before the deadline), so a late timer on a busy loop, or uvloop's
   millisecond timers, do not expire it. An item whose deadline has passed when its batch forms
-  is failed with ``ExpiredInQueue`` and never reaches the model. The batcher arms no timer per
-  item: a caller that must return by its deadline wraps ``submit`` in its own timeout.
+  is failed with ``ExpiredInQueue`` and never reaches the model.
+* Deadlines also bound the run, with one timer per run rather than one per item: while a batch
+  runs, a single timer waits for the earliest deadline among the items running and queued.
+  When it fires, the items past their deadline fail at once (``ExpiredInRun`` if their batch
+  is running, ``ExpiredInQueue`` if queued behind it) and the timer moves to the next deadline.
+  So a caller needs no timeout of its own around ``submit``: a slow model run cannot hold it
+  past its deadline.
 * A cancelled caller fails only itself: its rows leave the queue at once (no run wasted),
   or, if its batch is already running, its share of the result is dropped.
 * One failing item fails only itself: ``isolation`` re-runs a failed batch in halves.
@@ -51,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from buttress.batching.errors import BatcherClosed, ExpiredInQueue, QueueFull
+from buttress.batching.errors import BatcherClosed, ExpiredInQueue, ExpiredInRun, QueueFull
 from buttress.batching.isolation import Bisection, Budget
 from buttress.batching.observer import BatcherStats, BatchObserver
 from buttress.batching.policy import Batch
@@ -126,6 +131,9 @@ class Batcher:
         self._running = False
         self._timer: asyncio.Handle | None = None
         self._timer_at = math.inf
+        self._current: _Run | None = None  # the batch running now
+        self._watch: asyncio.TimerHandle | None = None  # the deadline timer while it runs
+        self._watch_at = math.inf
         self._flush_soon = False  # the armed timer is an immediate (next-iteration) flush
         self._crowd = 0.0
         self._run_estimate = 0.0
@@ -169,6 +177,8 @@ class Batcher:
         self._crowd += _CROWD_ALPHA * (company - self._crowd)
         self._pending.append(item)
         self._queued_rows = queued + size
+        if self._running and deadline < self._watch_at:
+            self._watch_deadline(deadline, now)
         self._schedule(now)
         try:
             return await item.future
@@ -324,9 +334,59 @@ class Batcher:
         except Exception as exc:  # e.g. rows of different widths, or a sync ``run`` raising
             waiter = loop.create_future()
             waiter.set_exception(exc)
-        waiter.add_done_callback(partial(self._finished, _Run(items, rows, now, budget)))
+        run = _Run(items, rows, now, budget)
+        self._current = run
+        earliest = min(item.deadline for item in items)
+        if self._pending and self._flush_by < earliest:  # may be early, never late
+            earliest = self._flush_by
+        self._watch_deadline(earliest, now)
+        waiter.add_done_callback(partial(self._finished, run))
+
+    def _watch_deadline(self, at: float, now: float) -> None:
+        """(Re-)arm the one deadline timer of the running batch for ``at`` (inf: none)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self._watch_at = at
+        if at != math.inf:
+            assert self._loop is not None
+            self._watch = self._loop.call_later(max(0.0, at - now), self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        """Fail the items whose deadline passed while a batch ran; watch the next one."""
+        self._watch = None
+        run = self._current
+        if run is None:
+            self._watch_at = math.inf
+            return
+        now = self._clock()
+        earliest = math.inf
+        for item in run.items:
+            if item.future.done():
+                continue
+            if item.deadline <= now:
+                self._expired += 1
+                item.future.set_exception(ExpiredInRun(
+                    "the deadline passed while the batch was running"))
+            elif item.deadline < earliest:
+                earliest = item.deadline
+        for item in self._pending:
+            if not item.queued:
+                continue
+            if item.deadline <= now:
+                item.queued = False
+                self._queued_rows -= item.size
+                self._expire(item, now)
+            elif item.deadline < earliest:
+                earliest = item.deadline
+        self._watch_deadline(earliest, now)
 
     def _finished(self, run: _Run, waiter: asyncio.Future[Rows]) -> None:
+        self._current = None
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self._watch_at = math.inf
         now = self._clock()
         elapsed = now - run.started
         self._run_estimate += _RUN_ALPHA * (elapsed - self._run_estimate)

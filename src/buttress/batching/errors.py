@@ -19,6 +19,13 @@ class ExpiredInQueue(TimeoutError):
     category: ClassVar[Category] = Category.MODEL_TIMEOUT
 
 
+class ExpiredInRun(TimeoutError):
+    """The item's deadline passed while its batch was running; its share of the result, if
+    the run still completes, is dropped."""
+
+    category: ClassVar[Category] = Category.MODEL_TIMEOUT
+
+
 class BatcherClosed(RuntimeError):
     """``submit`` after ``aclose``: the batcher drains what it has and takes nothing new."""
 
