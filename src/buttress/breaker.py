@@ -92,7 +92,8 @@ class CircuitBreaker:
             self._set(BreakerState.CLOSED)
             return
         self._consecutive = 0
-        self._push(False)
+        if self._failures_in_window or len(self._outcomes) != self._outcomes.maxlen:
+            self._push(False)  # a full window of successes stays as it is: skip the work
 
     def record_failure(self) -> None:
         if self._state is BreakerState.HALF_OPEN:

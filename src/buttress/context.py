@@ -63,4 +63,6 @@ class RequestContext:
     @property
     def fallback_categories(self) -> list[str]:
         """Distinct categories in the order they happened: the ``X-Fallback`` header."""
+        if not self.fallbacks:
+            return []
         return list(dict.fromkeys(f.category.value for f in self.fallbacks))

@@ -28,3 +28,12 @@ def seconds(value: Duration, *, name: str = "duration") -> float:
     if result < 0:
         raise ValueError(f"{name}: must not be negative, got {value!r}")
     return result
+
+
+def as_ms(elapsed: float) -> float:
+    """``elapsed`` seconds as milliseconds to the microsecond (truncated), for events.
+
+    ``round(x * 1000, 3)`` costs ≈ 0.8 µs (it goes through decimal formatting); this ≈ 0.25,
+    and a request records several of them.
+    """
+    return int(elapsed * 1_000_000) / 1000

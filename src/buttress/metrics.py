@@ -97,6 +97,7 @@ class ServiceMetrics:
             "buttress_events_dropped_total", "Events dropped because the buffer was full.",
             ["service"], registry=r).labels(service)
         self._bound: dict[tuple[str, ...], Counter] = {}
+        self._ok = self._child(self._requests, "200")  # nearly every request: no look-up
 
     def _child(self, metric: Counter, *labels: str) -> Counter:
         key = (metric._name, *labels)
@@ -106,7 +107,10 @@ class ServiceMetrics:
         return child
 
     def observe_request(self, status: int, seconds: float) -> None:
-        self._child(self._requests, str(status)).inc()
+        if status == 200:
+            self._ok.inc()
+        else:
+            self._child(self._requests, str(status)).inc()
         self._latency.observe(seconds)
 
     def count_fallback(self, stage: str, category: str) -> None:

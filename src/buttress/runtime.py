@@ -19,6 +19,7 @@ import orjson
 from buttress.backends import Connections
 from buttress.categories import Category
 from buttress.context import AppliedFallback, RequestContext
+from buttress.durations import as_ms
 from buttress.events import EventLog, EventSink, JsonlSink
 from buttress.interface import ContractViolation, InputRejected
 from buttress.metrics import ServiceMetrics, mark_worker_dead
@@ -195,7 +196,7 @@ class Runtime:
             "service": self.service.name,
             "request_id": ctx.request_id,
             "status": status,
-            "latency_ms": round(seconds * 1000, 3),
+            "latency_ms": as_ms(seconds),
             "model_version": ctx.model_version,
             "cache": ctx.cache,
             "fallbacks": ctx.fallback_categories,

@@ -101,7 +101,7 @@ def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
 
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, loop="uvloop", http="httptools", lifespan="on",
+        access_log=False, loop="uvloop", http="httptools", lifespan="on", server_header=False,
         timeout_graceful_shutdown=int(settings.drain_timeout), **extra)
 
 
@@ -132,7 +132,7 @@ def serve(target: str, settings: Settings, config_file: str | None = None) -> No
     uvicorn.run(
         "buttress.server:app_from_environment", factory=True, workers=settings.workers,
         host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, loop="uvloop", http="httptools", lifespan="on",
+        access_log=False, loop="uvloop", http="httptools", lifespan="on", server_header=False,
         timeout_graceful_shutdown=int(settings.drain_timeout))
 
 

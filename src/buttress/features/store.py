@@ -34,9 +34,12 @@ class FeatureStoreUnavailable(Exception):
     category = Category.FEATURES_UNAVAILABLE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FeatureLookup:
     """The answer to one batched look-up, in the order of the ids asked for.
+
+    Not frozen: a frozen dataclass's ``__init__`` costs 3x a plain one (≈ 1.5 µs a look-up,
+    two look-ups a request in the demo); treat it as read-only all the same.
 
     ``rows[i]`` holds every declared feature of ``ids[i]`` (defaults filled in) and is the
     caller's to change; ``found[i]`` says whether the store knew ``ids[i]``; ``missing`` lists
@@ -159,20 +162,29 @@ class FeatureStore:
         return self._backend
 
     async def get_many(self, entity: str, ids: Sequence[EntityId]) -> FeatureLookup:
-        """Every declared feature of each id, in order, in one round trip to the store."""
+        """Every declared feature of each id, in order, in one round trip to the store.
+
+        On the request path (≈ 1 µs per id here): repeated ids are fetched once, but the
+        common case, distinct ids, builds no id-to-row dict at all.
+        """
         table = self.table(entity)
         keys = tuple(map(str, ids))
         if not keys:
             return FeatureLookup(entity, (), (), (), (), None)
-        unique = list(dict.fromkeys(keys))
-        stored = dict(zip(unique, await self.backend.fetch(table, unique), strict=True))
-        row_of_defaults = table.row_of_defaults
+        unique = keys if len(keys) == 1 else tuple(dict.fromkeys(keys))
+        fetched = await self.backend.fetch(table, unique)
+        if len(fetched) != len(unique):
+            raise FeatureStoreUnavailable(
+                f"the {self.url.scheme} store answered {len(fetched)} rows for {len(unique)} ids")
+        if unique is not keys and len(unique) != len(keys):
+            by_key = dict(zip(unique, fetched, strict=True))
+            fetched = [by_key[key] for key in keys]
+        defaults = table.row_of_defaults
         rows: list[dict[str, Value]] = []
         found: list[bool] = []
         missing: dict[str, None] = {}
-        for key in keys:
-            features = stored[key]
-            row = row_of_defaults()
+        for key, features in zip(keys, fetched, strict=True):
+            row = defaults()
             if features:
                 row.update(features)
                 found.append(True)
@@ -181,15 +193,9 @@ class FeatureStore:
                 found.append(False)
             rows.append(row)
         if missing and self._on_missing is not None:
-            self._on_missing(entity, found.count(False))
-        return FeatureLookup(
-            entity=entity,
-            ids=keys,
-            rows=tuple(rows),
-            found=tuple(found),
-            missing=tuple(missing),
-            category=Category.FEATURES_MISSING if missing else None,
-        )
+            self._on_missing(entity, len(found) - sum(found))
+        return FeatureLookup(entity, keys, tuple(rows), tuple(found), tuple(missing),
+                             Category.FEATURES_MISSING if missing else None)
 
     def defaults_for(self, entity: str, ids: Sequence[EntityId]) -> FeatureLookup:
         """The fallback when the store is unavailable: defaults for every id, no I/O."""
