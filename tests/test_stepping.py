@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
-from buttress.stepping import Finished, Resumed, bounded, first_step
+from buttress.stepping import Finished, Resumed, first_step
 
 
 async def returns_at_once(value: int) -> int:
-    return value
-
-
-async def sleeps_then_returns(seconds: float, value: int) -> int:
-    await asyncio.sleep(seconds)
     return value
 
 
@@ -91,17 +85,3 @@ async def test_cancelling_the_task_reaches_the_resumed_coroutine() -> None:
         await task
     assert cleaned_up.is_set()
 
-
-async def test_bounded_arms_no_timer_for_a_coroutine_that_does_not_suspend() -> None:
-    loop = asyncio.get_running_loop()
-    past = loop.time() - 1.0  # already over: a timer would cancel at the first suspension
-    assert await bounded(returns_at_once(3), past) == 3
-
-
-async def test_bounded_times_out_a_coroutine_that_suspends_past_its_deadline() -> None:
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
-    with pytest.raises(TimeoutError):
-        await bounded(sleeps_then_returns(1.0, 1), loop.time() + 0.02)
-    assert time.perf_counter() - started < 0.5
-    assert await bounded(sleeps_then_returns(0.001, 5), loop.time() + 1.0) == 5

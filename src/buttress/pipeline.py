@@ -8,7 +8,7 @@ Cost matters here (PERFORMANCE.md): a synchronous stage runs inline (keep them c
 blocking work belongs in an async stage or the model); an async stage is stepped in the
 request's task first and gets a timer (the smaller of its own timeout and the request's
 deadline) only if it suspends; stages of a level become Tasks only once one of them
-suspends (``buttress.stepping``).
+suspends (``buttress.stepping`` says why that is safe).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from buttress.interface import Output, ParsedInput
 from buttress.runners import RemoteUnavailable
 from buttress.stage_runtime import TRACEBACK_INTERVAL, StageRuntime
 from buttress.stages import StageSpec, order_in_levels
-from buttress.stepping import Finished, bounded, first_step
+from buttress.stepping import Finished, first_step
 
 if TYPE_CHECKING:
     from buttress.backends import Connections
@@ -272,9 +272,12 @@ class Pipeline:
                 batched = stage.counts_per_batch
                 value = await stage.predict(rows, ctx.deadline, self.metrics)
             elif spec.is_async:
-                until = ctx.deadline if spec.timeout is None else min(
-                    ctx.deadline, asyncio.get_running_loop().time() + spec.timeout)
-                value = await bounded(spec.fn(*args), until)
+                step = first_step(spec.fn(*args))
+                if isinstance(step, Finished):
+                    value = step.value
+                else:  # it suspended: only now does it need its timer
+                    async with asyncio.timeout_at(self._until(spec, ctx, clock)):
+                        value = await step
             else:
                 value = spec.fn(*args)
         except TimeoutError:
@@ -304,6 +307,15 @@ class Pipeline:
                 breaker.record_success()
         ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
         return value
+
+    @staticmethod
+    def _until(spec: StageSpec, ctx: RequestContext, started: float) -> float:
+        """When a stage started at ``started`` (perf_counter) must be done, on the loop's
+        clock: its own timeout or the request's deadline, whichever comes first."""
+        if spec.timeout is None:
+            return ctx.deadline
+        left = spec.timeout - (time.perf_counter() - started)
+        return min(ctx.deadline, asyncio.get_running_loop().time() + left)
 
     def _failed(self, stage: StageRuntime, batched: bool = False) -> None:
         if stage.breaker is not None:

@@ -18,7 +18,6 @@ of it the pipeline needs, on 3.11 too.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
@@ -76,13 +75,3 @@ def first_step(coro: Coroutine[Any, Any, T]) -> Finished[T] | Resumed[T]:
         return Finished(finished.value)
     return Resumed(coro, waiting_on)
 
-
-async def bounded(coro: Coroutine[Any, Any, T], until: float) -> T:
-    """``await coro`` within ``asyncio.timeout_at(until)``, arming the timer only if ``coro``
-    suspends. A coroutine that completes without suspending could not have been interrupted
-    by the timer either (cancellation lands on a suspension), so the outcome is the same."""
-    step = first_step(coro)
-    if isinstance(step, Finished):
-        return step.value
-    async with asyncio.timeout_at(until):
-        return await step

@@ -12,6 +12,10 @@ class MemoryFeatures:
         self._rows: dict[str, dict[str, dict[str, Value]]] = {}
 
     async def fetch(self, table: FeatureTable, ids: Sequence[str]) -> list[dict[str, Value]]:
+        return self.fetch_now(table, ids)
+
+    def fetch_now(self, table: FeatureTable, ids: Sequence[str]) -> list[dict[str, Value]]:
+        """``fetch`` without the coroutine: the store calls this when the backend has it."""
         rows = self._rows.get(table.entity, {})
         empty: dict[str, Value] = {}
         # Only declared features are ever written (the store coerces them), and the store

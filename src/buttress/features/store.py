@@ -128,6 +128,8 @@ class FeatureStore:
             self._tables[table.entity] = table
         self._on_missing = on_missing
         self._backend: FeatureBackend | None = None
+        self._fetch_now: Callable[[FeatureTable, Sequence[str]], list[dict[str, Value]]] | None
+        self._fetch_now = None
 
     def __repr__(self) -> str:
         entities = ", ".join(self._tables)
@@ -150,10 +152,13 @@ class FeatureStore:
     async def open(self, connections: Connections) -> None:
         """Bind to ``connections`` (owned by the service, which closes them)."""
         self._backend = STRATEGIES[self.url.scheme](self.url, self.namespace, connections)
+        # a backend that answers without I/O (memory://) may offer it as a plain call
+        self._fetch_now = getattr(self._backend, "fetch_now", None)
 
     async def aclose(self) -> None:
         """Forget the backend; the connections belong to, and are closed by, their owner."""
         self._backend = None
+        self._fetch_now = None
 
     @property
     def backend(self) -> FeatureBackend:
@@ -172,7 +177,11 @@ class FeatureStore:
         if not keys:
             return FeatureLookup(entity, (), (), (), (), None)
         unique = keys if len(keys) == 1 else tuple(dict.fromkeys(keys))
-        fetched = await self.backend.fetch(table, unique)
+        fetch_now = self._fetch_now
+        if fetch_now is not None:
+            fetched = fetch_now(table, unique)
+        else:
+            fetched = await self.backend.fetch(table, unique)
         if len(fetched) != len(unique):
             raise FeatureStoreUnavailable(
                 f"the {self.url.scheme} store answered {len(fetched)} rows for {len(unique)} ids")
