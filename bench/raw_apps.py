@@ -117,12 +117,13 @@ def _app(handle: Callable[[bytes, Predict], Awaitable[bytes]], predict: Callable
                              Route("/readyz", ready), Route("/stats", stats)])
 
 
-def _tabular(batched: bool) -> Starlette:
+def tabular_handler() -> Callable[[bytes, Predict], Awaitable[bytes]]:
+    """The raw tabular endpoint's work on one body: parse, features from dicts, the model
+    (through ``infer``), the response. Also driven in-process by ``bench/pipeline_layers.py``."""
     from examples.discount.data import generate_products, generate_users
     from examples.discount.model import as_order, build_rows, clip_discount
-    from examples.discount.train import load_model
 
-    model, users, products = load_model("v1"), generate_users(), generate_products()
+    users, products = generate_users(), generate_products()
 
     async def handle(body: bytes, infer: Predict) -> bytes:
         order = as_order(orjson.loads(body))
@@ -133,7 +134,13 @@ def _tabular(batched: bool) -> Starlette:
             {"sub_order_id": s.sub_order_id, "discount_pct": round(float(p), 2)}
             for s, p in zip(order.sub_orders, pct, strict=True)]})
 
-    return _app(handle, model.predict, batched)
+    return handle
+
+
+def _tabular(batched: bool) -> Starlette:
+    from examples.discount.train import load_model
+
+    return _app(tabular_handler(), load_model("v1").predict, batched)
 
 
 def _mlp(batched: bool) -> Starlette:
