@@ -123,6 +123,13 @@ class ServiceBackend:
         return Settings(**values)
 
 
+async def evalsha_calls(client: Any) -> int:
+    """How many EVALSHA calls the Redis server behind ``client`` has served: round trips of
+    the scripts buttress runs (cache reads, feature look-ups), to count them in a test."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
 async def delete_namespaces(url: str, names: Sequence[str]) -> None:
     """Remove the keys of these services only, never anything else on the shared Redis."""
     from buttress.backends import Connections

@@ -7,18 +7,12 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-import redis.asyncio as aioredis
 
 from buttress.backends import Connections
+from buttress.backends.coalesce import TickBatcher
 from buttress.cache import MISS, Cache, ResponseCache
-from buttress.cache.coalesce import TickBatcher
 from buttress.cache.redis import RedisStore
-from tests.support import PrivateRedis, unique_prefix
-
-
-async def evalsha_calls(client: aioredis.Redis) -> int:
-    stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+from tests.support import PrivateRedis, evalsha_calls, unique_prefix
 
 
 @pytest.mark.redis

@@ -24,7 +24,7 @@ from buttress.features import (
     FeatureStoreUnavailable,
     FeatureTable,
 )
-from tests.support import MACHINE_REDIS_URL, PrivateRedis, unique_prefix
+from tests.support import MACHINE_REDIS_URL, PrivateRedis, evalsha_calls, unique_prefix
 
 USER = FeatureTable(
     entity="user", defaults={"orders_count": 0, "return_rate": 0.0, "segment": "new"}
@@ -342,6 +342,35 @@ async def test_redis_keeps_one_cluster_safe_hash_per_id(machine_redis_url: str) 
 
 
 # --- Redis going away and coming back ---------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+async def test_redis_lookups_of_one_loop_iteration_share_one_round_trip(
+    private_redis: PrivateRedis,
+) -> None:
+    """100 concurrent look-ups (as 100 requests' feature stages make) cost one script call;
+    a caller cancelled meanwhile (its stage timed out) costs the others nothing."""
+    async with open_store(private_redis.url) as store:
+        await store.put_many("user", {i: {"orders_count": i} for i in range(100)})
+        await store.get_many("user", [0])  # the server learns the script (NOSCRIPT, load)
+        client = Redis.from_url(private_redis.url)
+        try:
+            before = await evalsha_calls(client)
+            lookups = [asyncio.ensure_future(store.get_many("user", [i, i + 1000]))
+                       for i in range(100)]
+            await asyncio.sleep(0)  # all of them queued, nothing sent yet
+            lookups[7].cancel()
+            results = await asyncio.gather(*lookups, return_exceptions=True)
+            assert await evalsha_calls(client) - before == 1
+        finally:
+            await client.aclose()
+    assert isinstance(results[7], asyncio.CancelledError)
+    for i, lookup in enumerate(results):
+        if i != 7:
+            assert isinstance(lookup, FeatureLookup)
+            assert lookup.rows[0]["orders_count"] == i
+            assert lookup.missing == (str(i + 1000),)
 
 
 @pytest.mark.slow

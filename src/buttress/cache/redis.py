@@ -13,7 +13,8 @@ read script checks that generation against the counter in the same round trip an
 "stale, here is the new one" instead of values when they differ, so the client retries once.
 Every key a script touches is declared in KEYS, as Redis Cluster requires.
 
-Reads and writes issued in one event-loop iteration go out together (:mod:`.coalesce`).
+Reads and writes issued in one event-loop iteration go out together
+(:mod:`buttress.backends.coalesce`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from buttress.backends.coalesce import TickBatcher
 from buttress.backends.redis import namespaced_key
-from buttress.cache.coalesce import TickBatcher
 from buttress.cache.store import Write
 
 if TYPE_CHECKING:

@@ -156,7 +156,11 @@ class FeatureStore:
         self._fetch_now = getattr(self._backend, "fetch_now", None)
 
     async def aclose(self) -> None:
-        """Forget the backend; the connections belong to, and are closed by, their owner."""
+        """Let the backend finish what it sent, then forget it; the connections belong to, and
+        are closed by, their owner."""
+        close = getattr(self._backend, "aclose", None)
+        if close is not None:
+            await close()
         self._backend = None
         self._fetch_now = None
 

@@ -1,8 +1,9 @@
 """Coalesce the Redis calls made in one event-loop iteration into one round trip.
 
 A Redis round trip costs the client 40-58 µs of CPU, more than a whole request's budget
-(PERFORMANCE.md). Under load many requests reach the cache in the same loop iteration; sending
-their look-ups as one script call pays that cost once per iteration instead of once per request.
+(PERFORMANCE.md). Under load many requests reach the cache or the feature store in the same
+loop iteration; sending their look-ups as one script call pays that cost once per iteration
+instead of once per request.
 With one request in flight it adds one task (≈3 µs) to a round trip — noise.
 
 Written here rather than taken from a library because the rule is tiny and ours: flush at the
