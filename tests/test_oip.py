@@ -335,6 +335,24 @@ async def test_model_errors_are_500_and_open_the_breaker_shared_with_predict(
         assert answer.context.fallback_categories == ["model_unavailable"]
 
 
+async def test_a_batched_v2_call_counts_once_in_the_breaker(
+        model: Any, rows: np.ndarray, tmp_path: Path) -> None:
+    """With batching the batcher counts each batch; /v2 must not count the same call again."""
+    svc = make_service(failing_on_negative(model), batch=bt.Batch(max_size=8, max_wait="1ms"),
+                       breaker=bt.Breaker(consecutive_failures=2, open_for="1min"))
+    async with serving(svc, tmp_path) as (runtime, client):
+        breaker = runtime.pipeline.runtimes["regressor"].breaker
+        assert breaker is not None
+        bad = rows[:1].copy()
+        bad[:, 0] = -1000.0
+        first = await client.post("/v2/models/regressor/infer", content=infer_body(bad))
+        assert first.status_code == 500
+        assert breaker.state == "closed"  # one failed batch: one failure of the two allowed
+        second = await client.post("/v2/models/regressor/infer", content=infer_body(bad))
+        assert second.status_code == 500
+        assert breaker.state == "open"
+
+
 async def test_overrun_is_504_within_the_stage_timeout(rows: np.ndarray,
                                                        tmp_path: Path) -> None:
     async with serving(make_service(stalling(0.3), timeout="50ms"), tmp_path) as (_, client):

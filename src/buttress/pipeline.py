@@ -263,13 +263,13 @@ class Pipeline:
                                   "circuit breaker open")
         clock = time.perf_counter()
         args = self._arguments(spec, request, results, ctx)
-        # A batched model's breaker is fed per batch by the batcher (StageRuntime); this
-        # request's own outcome counts only if it failed before reaching the batch.
-        batched = False
+        # A batched model's breaker is fed per batch by the batcher; this request's own
+        # outcome counts only if it failed before reaching it (building its rows).
+        reached = False
         try:
             if spec.kind == "model":
                 rows = spec.fn(*args)
-                batched = stage.counts_per_batch
+                reached = True
                 value = await stage.predict(rows, ctx.deadline, self.metrics)
             elif spec.is_async:
                 step = first_step(spec.fn(*args))
@@ -281,7 +281,7 @@ class Pipeline:
             else:
                 value = spec.fn(*args)
         except TimeoutError:
-            self._failed(stage, batched)
+            stage.record_outcome(True, reached_batcher=reached)
             return self._fallback(stage, request, ctx, spec.categories.timeout,
                                   f"no answer within {1000 * (time.perf_counter() - clock):.0f} ms")
         except (QueueFull, BatcherClosed, RemoteUnavailable) as refused:
@@ -296,15 +296,11 @@ class Pipeline:
                 breaker.release_probe()
             raise
         except Exception as error:
-            self._failed(stage, batched)
+            stage.record_outcome(True, reached_batcher=reached)
             self._log_failure(stage, error)
             return self._fallback(stage, request, ctx, spec.categories.error,
                                   f"{type(error).__name__}: {error}")
-        if breaker is not None:
-            if batched:
-                breaker.release_probe()
-            else:
-                breaker.record_success()
+        stage.record_outcome(False, reached_batcher=reached)
         ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
         return value
 
@@ -316,13 +312,6 @@ class Pipeline:
             return ctx.deadline
         left = spec.timeout - (time.perf_counter() - started)
         return min(ctx.deadline, asyncio.get_running_loop().time() + left)
-
-    def _failed(self, stage: StageRuntime, batched: bool = False) -> None:
-        if stage.breaker is not None:
-            if batched:
-                stage.breaker.release_probe()
-            else:
-                stage.breaker.record_failure()
 
     def _log_failure(self, stage: StageRuntime, error: Exception) -> None:
         now = time.monotonic()

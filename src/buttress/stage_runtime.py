@@ -101,6 +101,22 @@ class StageRuntime:
         metrics.observe_model(spec.name, self.version, time.perf_counter() - clock)
         return predictions
 
+    def record_outcome(self, failed: bool, *, reached_batcher: bool) -> None:
+        """Feed this stage's breaker one call's outcome (``/predict`` and ``/v2`` alike).
+
+        A call that reached a batcher was already counted with its batch
+        (``batch_outcome``): here it only frees the half-open probe slot it may hold, so one
+        failing batch is one failure, not one per request in it."""
+        breaker = self.breaker
+        if breaker is None:
+            return
+        if reached_batcher and self.counts_per_batch:
+            breaker.release_probe()
+        elif failed:
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+
     def watch_breaker(self, metrics: ServiceMetrics) -> None:
         """Mirror the breaker's state into the ``buttress_breaker_open`` gauge."""
         if self.breaker is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -47,23 +47,29 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 def parse_request(body: bytes, header_length: str | None = None) -> tuple[InferenceRequest,
                                                                            list[np.ndarray]]:
     """An inference request and its input tensors as arrays, in order."""
-    header, tail = split_body(body, header_length)
-    try:
-        request = InferenceRequest.model_validate_json(header)
-    except ValidationError as error:
-        raise TensorError(_explain(error)) from None
+    request, tail = _parse_header(InferenceRequest, body, header_length)
     return request, decode_tensors(request.inputs, tail)
 
 
 def parse_response(body: bytes, header_length: str | None = None) -> tuple[InferenceResponse,
                                                                             list[np.ndarray]]:
     """An inference response and its output tensors as arrays, in order."""
+    response, tail = _parse_header(InferenceResponse, body, header_length)
+    return response, decode_tensors(response.outputs, tail)
+
+
+Message = TypeVar("Message", InferenceRequest, InferenceResponse)
+
+
+def _parse_header(
+    kind: type[Message], body: bytes, header_length: str | None
+) -> tuple[Message, memoryview]:
+    """The JSON header as ``kind`` and the binary tail after it."""
     header, tail = split_body(body, header_length)
     try:
-        response = InferenceResponse.model_validate_json(header)
+        return kind.model_validate_json(header), tail
     except ValidationError as error:
         raise TensorError(_explain(error)) from None
-    return response, decode_tensors(response.outputs, tail)
 
 
 def decode_tensors(tensors: Sequence[Tensor], tail: memoryview) -> list[np.ndarray]:

@@ -109,7 +109,8 @@ class ServedModels:
                                binary=binary)
 
     async def _predict(self, stage: StageRuntime, rows: np.ndarray, deadline_s: float) -> Any:
-        """The stage's model on ``rows``, as ``Pipeline._call_model`` runs it, and its breaker."""
+        """The stage's model on ``rows``, as the pipeline's model stage runs it, under the
+        same breaker and with the same rule for counting (``StageRuntime.record_outcome``)."""
         spec, breaker = stage.spec, stage.breaker
         if breaker is not None and not breaker.allow():
             raise OipError(503, f"model {spec.name!r} is unavailable: circuit breaker open")
@@ -118,8 +119,7 @@ class ServedModels:
             predictions = await stage.predict(
                 rows, asyncio.get_running_loop().time() + deadline_s, self.runtime.metrics)
         except TimeoutError:
-            if breaker is not None:
-                breaker.record_failure()
+            stage.record_outcome(True, reached_batcher=True)
             raise OipError(504, f"model {spec.name!r} did not answer within "
                                 f"{1000 * budget:.0f} ms") from None
         except (QueueFull, BatcherClosed, RemoteUnavailable) as refused:
@@ -131,13 +131,11 @@ class ServedModels:
                 breaker.release_probe()
             raise
         except Exception as error:
-            if breaker is not None:
-                breaker.record_failure()
+            stage.record_outcome(True, reached_batcher=True)
             log.warning("model %s failed on /v2: %s: %s", spec.name, type(error).__name__, error)
             raise OipError(500, f"model {spec.name!r} failed: {type(error).__name__}: "
                                 f"{error}") from None
-        if breaker is not None:
-            breaker.record_success()
+        stage.record_outcome(False, reached_batcher=True)
         return predictions
 
 
