@@ -7,7 +7,8 @@ prediction), so it never overspends.
 
 Admissions of the requests that reach this point in the same event-loop iteration go to the
 backend together, in one call (one Lua script on Redis): a Redis round trip per request would
-cost more than a request's whole budget (PERFORMANCE.md). On ``memory://`` a call costs a few
+cost more than a request's whole budget (PERFORMANCE.md); the coalescing is the cache's and the
+feature store's (:mod:`buttress.backends.coalesce`). On ``memory://`` a call costs a few
 microseconds and is made directly.
 
 A background task copies budget usage into gauges every few seconds, so a Prometheus scrape
@@ -21,6 +22,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from buttress.backends.coalesce import TickBatcher
 from buttress.categories import Category
 from buttress.guardrails import Decision, Guardrails
 
@@ -38,9 +40,9 @@ class GuardrailGate:
         self.guardrails = guardrails
         self.metrics = metrics
         self._batched = guardrails.url.is_redis
-        self._pending: list[tuple[Any, Any, asyncio.Future[Decision]]] = []
+        self._admissions: TickBatcher[tuple[Any, Any], Decision] = TickBatcher(
+            lambda items: self.guardrails.admit_many(items))  # looked up per batch
         self._refresher: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
         self._trips = {g.name: metrics.guardrail_trips.labels(metrics.service, g.name)
                        for g in guardrails.guards}
 
@@ -48,12 +50,7 @@ class GuardrailGate:
         if not self._batched:
             decision = await self.guardrails.admit(request, response)
         else:
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[Decision] = loop.create_future()
-            if not self._pending:
-                loop.call_soon(self._flush)
-            self._pending.append((request, response, future))
-            decision = await future
+            decision = await self._admissions.submit((request, response))
         if decision.category is Category.GUARDRAIL_EXCEEDED:  # over budget; not an outage
             for name in decision.refused_by:
                 self._trips[name].inc()
@@ -65,26 +62,6 @@ class GuardrailGate:
         closed = tuple(g.name for g in self.guardrails.guards if g.fail == "closed")
         return Decision(admitted=not closed, refused_by=closed, unavailable=True,
                         error=None)
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._admit_batch(batch))
-        # the loop keeps only a weak reference to a task: hold it until it is done
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        task.add_done_callback(_log_crash)
-
-    async def _admit_batch(self, batch: list[tuple[Any, Any, asyncio.Future[Decision]]]) -> None:
-        try:
-            decisions = await self.guardrails.admit_many([(r, p) for r, p, _ in batch])
-        except BaseException as error:  # admit_many reports failures as decisions; a bug
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            raise
-        for (*_, future), decision in zip(batch, decisions, strict=True):
-            if not future.done():  # the caller may have been cancelled
-                future.set_result(decision)
 
     # -- usage gauges ----------------------------------------------------------------------
 
@@ -114,12 +91,9 @@ class GuardrailGate:
                 remaining.labels(service, snapshot.name, key).set(usage.remaining)
 
     async def aclose(self) -> None:
+        await self._admissions.aclose()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
 
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("guardrail admission failed", exc_info=task.exception())
