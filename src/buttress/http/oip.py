@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from buttress import __version__
+from buttress.http.body import read_body
 from buttress.oip.codec import HEADER_LENGTH
 from buttress.oip.errors import OipError
 from buttress.oip.serving import PLATFORM, ServedModels
@@ -102,15 +103,11 @@ def _answering(handler: Handler) -> Handler:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    body = None if declared.isdigit() and int(declared) > limit else await read_body(
+        request.receive, limit)
+    if body is None:
         raise OipError(413, f"body larger than {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise OipError(413, f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return body
 
 
 def _json(document: Any, status: int = 200) -> Response:

@@ -12,6 +12,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
+from buttress.http.body import read_body
 from buttress.runtime import Answer
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class PredictEndpoint:
         if declared_length > self.max_body:
             answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
         else:
-            body = await _read_body(receive, self.max_body)
+            body = await read_body(receive, self.max_body)
             if body is None:
                 answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
             else:
@@ -60,24 +61,6 @@ class PredictEndpoint:
                                               deadline_s=runtime.deadline_for(deadline),
                                               bypass_cache=bypass_cache)
         await _send(send, answer.status, answer.body, _headers(answer, rid))
-
-
-async def _read_body(receive: Any, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it exceeds ``limit`` bytes."""
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        return body if len(body) <= limit else None
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body"):
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:
