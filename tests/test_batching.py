@@ -59,9 +59,14 @@ class Model:
         return self.fn(batch)
 
 
-async def until(predicate: Callable[[], bool], turns: int = 200) -> None:
-    """Yield to the loop until ``predicate`` holds (state-driven, not time-driven)."""
-    for _ in range(turns):
+async def until(predicate: Callable[[], bool], within: float = 2.0) -> None:
+    """Yield to the loop until ``predicate`` holds, at most ``within`` seconds.
+
+    Bounded by time, not by loop turns: a state reached only after a timer (``max_wait``)
+    takes fewer turns on a slow machine than on a fast one (200 turns are < 1 ms here).
+    """
+    give_up = time.monotonic() + within
+    while time.monotonic() < give_up:
         if predicate():
             return
         await asyncio.sleep(0)
