@@ -32,7 +32,7 @@ from buttress.interface import Output, ParsedInput
 from buttress.runners import RemoteUnavailable
 from buttress.stage_runtime import TRACEBACK_INTERVAL, StageRuntime
 from buttress.stages import StageSpec, order_in_levels
-from buttress.stepping import Finished, first_step
+from buttress.stepping import Finished, Resumed, first_step
 
 if TYPE_CHECKING:
     from buttress.backends import Connections
@@ -193,38 +193,50 @@ class Pipeline:
                 level = [s for s in level if s not in defaults]
             if len(level) == 1:
                 stage = level[0]
-                results[stage.name] = await self._run_stage(self.runtimes[stage.name],
-                                                             request, results, ctx)
+                value = self._start_stage(self.runtimes[stage.name], request, results, ctx)
+                results[stage.name] = await value if type(value) is Resumed else value
             elif level:
-                await self._run_concurrently(level, request, results, ctx)
+                rest = self._start_level(level, request, results, ctx)
+                if rest is not None:
+                    await rest
         return self._respond(request, results, ctx)
 
-    async def _run_concurrently(self, level: list[StageSpec], request: Any,
-                                results: dict[str, Any], ctx: RequestContext) -> None:
-        """Run independent stages together, paying for concurrency only where it is used.
+    def _start_level(self, level: list[StageSpec], request: Any, results: dict[str, Any],
+                     ctx: RequestContext) -> Coroutine[Any, Any, None] | None:
+        """Start independent stages, paying for concurrency only where it is used.
 
-        Each stage is stepped in this task (``first_step``): one that finishes without
-        suspending (a memory look-up) costs no Task and no timer. The first one that suspends
-        goes on in this task; the stages after it, not started yet, start as Tasks then.
+        Each stage starts in this task: one that finishes without suspending (a memory
+        look-up) costs no Task and no timer, and its result is stored at once. The first one
+        that suspends goes on in this task; the stages after it, not started yet, start as
+        Tasks then. Returns what is left to await, or None when every stage finished.
         """
         for index, stage in enumerate(level):
-            step = first_step(self._run_stage(self.runtimes[stage.name], request, results, ctx))
-            if isinstance(step, Finished):
-                results[stage.name] = step.value
+            value = self._start_stage(self.runtimes[stage.name], request, results, ctx)
+            if type(value) is not Resumed:
+                results[stage.name] = value
                 continue
-            loop = asyncio.get_running_loop()
-            rest = level[index + 1:]
-            tasks = [loop.create_task(self._run_stage(self.runtimes[s.name], request, results,
-                                                      ctx)) for s in rest]
-            try:
-                results[stage.name] = await step
-                for other, task in zip(rest, tasks, strict=True):
-                    results[other.name] = await task
-            except BaseException:
-                for task in tasks:
-                    task.cancel()
-                raise
-            return
+            return self._finish_level(stage.name, value, level[index + 1:], request, results,
+                                      ctx)
+        return None
+
+    async def _finish_level(self, name: str, suspended: Resumed[Any], rest: list[StageSpec],
+                            request: Any, results: dict[str, Any], ctx: RequestContext) -> None:
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._stage_value(self.runtimes[s.name], request, results, ctx))
+                 for s in rest]
+        try:
+            results[name] = await suspended
+            for other, task in zip(rest, tasks, strict=True):
+                results[other.name] = await task
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+
+    async def _stage_value(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                           ctx: RequestContext) -> Any:
+        value = self._start_stage(stage, request, results, ctx)
+        return await value if type(value) is Resumed else value
 
     def _arguments(self, spec: StageSpec, request: Any, results: dict[str, Any],
                    ctx: RequestContext) -> list[Any]:
@@ -233,13 +245,95 @@ class Pipeline:
             args.append(ctx)
         return args
 
-    def _run_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
-                   ctx: RequestContext) -> Coroutine[Any, Any, Any]:
-        """The stage's computation, through its cache if it has one (a plain function, so an
-        uncached stage costs one coroutine, not two)."""
-        if stage.cache is None:
-            return self._execute_stage(stage, request, results, ctx)
-        return self._run_cached_stage(stage, request, results, ctx)
+    def _start_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                     ctx: RequestContext) -> Any:
+        """Run a stage as far as it goes without suspending: its value (or fallback), or, if
+        it suspended, the ``Resumed`` rest of it, to await in this task.
+
+        A plain function rather than a coroutine: most stages finish at once (a memory
+        look-up, a sync function), and for them a coroutine per stage, stepped, costs more
+        than their work (PERFORMANCE.md). A cached stage and a model stage (which always
+        waits for its model) run as one coroutine, stepped the same way.
+        """
+        if stage.cache is not None:
+            return _value_or_rest(self._run_cached_stage(stage, request, results, ctx))
+        if stage.spec.kind == "model":
+            return _value_or_rest(self._run_model(stage, request, results, ctx))
+        return self._start_plain_stage(stage, request, results, ctx)
+
+    def _start_plain_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                           ctx: RequestContext) -> Any:
+        """``_start_stage`` for a stage function, sync or async, without cache or model."""
+        spec = stage.spec
+        breaker = stage.breaker
+        if breaker is not None and not breaker.allow():
+            return self._fallback(stage, request, ctx, spec.categories.unavailable,
+                                  "circuit breaker open")
+        clock = time.perf_counter()
+        try:
+            if spec.is_async:
+                coro = spec.fn(*self._arguments(spec, request, results, ctx))
+                try:
+                    waiting_on = coro.send(None)
+                except StopIteration as finished:
+                    value = finished.value
+                else:  # it suspended: only now does it need its timer
+                    return _value_or_rest(self._finish_stage(
+                        stage, Resumed(coro, waiting_on), request, ctx, clock))
+            else:
+                value = spec.fn(*self._arguments(spec, request, results, ctx))
+        except Exception as error:
+            return self._recover(stage, request, ctx, error, clock, reached_batcher=False)
+        return self._succeeded(stage, ctx, clock, value)
+
+    async def _finish_stage(self, stage: StageRuntime, rest: Resumed[Any], request: Any,
+                            ctx: RequestContext, clock: float) -> Any:
+        """The rest of an async stage that suspended, bounded by its timeout and the
+        request's deadline."""
+        try:
+            async with asyncio.timeout_at(self._until(stage.spec, ctx, clock)):
+                value = await rest
+        except asyncio.CancelledError:
+            if stage.breaker is not None:
+                stage.breaker.release_probe()
+            raise
+        except Exception as error:
+            return self._recover(stage, request, ctx, error, clock, reached_batcher=False)
+        return self._succeeded(stage, ctx, clock, value)
+
+    async def _run_model(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                         ctx: RequestContext) -> Any:
+        """A model stage: build its rows, then predict them (through its batcher, if any)."""
+        spec = stage.spec
+        breaker = stage.breaker
+        if breaker is not None and not breaker.allow():
+            return self._fallback(stage, request, ctx, spec.categories.unavailable,
+                                  "circuit breaker open")
+        clock = time.perf_counter()
+        # A batched model's breaker is fed per batch by the batcher; this request's own
+        # outcome counts only if it failed before reaching it (building its rows).
+        reached = False
+        try:
+            rows = spec.fn(*self._arguments(spec, request, results, ctx))
+            reached = True
+            value = await stage.predict(rows, ctx.deadline, self.metrics)
+        except asyncio.CancelledError:
+            if breaker is not None:
+                breaker.release_probe()
+            raise
+        except Exception as error:
+            return self._recover(stage, request, ctx, error, clock, reached_batcher=reached)
+        stage.record_outcome(False, reached_batcher=True)
+        ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
+        return value
+
+    async def _compute_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                             ctx: RequestContext) -> Any:
+        """The stage's computation without its cache: what its cache runs on a miss."""
+        if stage.spec.kind == "model":
+            return await self._run_model(stage, request, results, ctx)
+        value = self._start_plain_stage(stage, request, results, ctx)
+        return await value if type(value) is Resumed else value
 
     async def _run_cached_stage(self, stage: StageRuntime, request: Any,
                                 results: dict[str, Any], ctx: RequestContext) -> Any:
@@ -248,61 +342,39 @@ class Pipeline:
         try:
             async with asyncio.timeout_at(ctx.deadline + SHARED_WAIT_GRACE):
                 value, _status = await stage.cache.run(
-                    key, ctx, lambda: self._execute_stage(stage, request, results, ctx))
+                    key, ctx, lambda: self._compute_stage(stage, request, results, ctx))
         except TimeoutError:  # waited on another request's computation past our deadline
             return self._fallback(stage, request, ctx, stage.spec.categories.timeout,
                                   "deadline passed while waiting for a shared computation")
         return value
 
-    async def _execute_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
-                             ctx: RequestContext) -> Any:
-        spec = stage.spec
-        breaker = stage.breaker
-        if breaker is not None and not breaker.allow():
-            return self._fallback(stage, request, ctx, spec.categories.unavailable,
-                                  "circuit breaker open")
-        clock = time.perf_counter()
-        args = self._arguments(spec, request, results, ctx)
-        # A batched model's breaker is fed per batch by the batcher; this request's own
-        # outcome counts only if it failed before reaching it (building its rows).
-        reached = False
-        try:
-            if spec.kind == "model":
-                rows = spec.fn(*args)
-                reached = True
-                value = await stage.predict(rows, ctx.deadline, self.metrics)
-            elif spec.is_async:
-                step = first_step(spec.fn(*args))
-                if isinstance(step, Finished):
-                    value = step.value
-                else:  # it suspended: only now does it need its timer
-                    async with asyncio.timeout_at(self._until(spec, ctx, clock)):
-                        value = await step
-            else:
-                value = spec.fn(*args)
-        except TimeoutError:
-            stage.record_outcome(True, reached_batcher=reached)
-            return self._fallback(stage, request, ctx, spec.categories.timeout,
+    def _succeeded(self, stage: StageRuntime, ctx: RequestContext, clock: float,
+                   value: Any) -> Any:
+        if stage.breaker is not None:
+            stage.breaker.record_success()
+        ctx.stage_ms[stage.spec.name] = as_ms(time.perf_counter() - clock)
+        return value
+
+    def _recover(self, stage: StageRuntime, request: Any, ctx: RequestContext,
+                 error: Exception, clock: float, *, reached_batcher: bool) -> Any:
+        """The fallback for a stage that raised, timed out or was refused (or
+        ``StageFailed`` if it has none), its breaker fed and the failure logged."""
+        categories = stage.spec.categories
+        if isinstance(error, TimeoutError):
+            stage.record_outcome(True, reached_batcher=reached_batcher)
+            return self._fallback(stage, request, ctx, categories.timeout,
                                   f"no answer within {1000 * (time.perf_counter() - clock):.0f} ms")
-        except (QueueFull, BatcherClosed, RemoteUnavailable) as refused:
+        if isinstance(error, (QueueFull, BatcherClosed, RemoteUnavailable)):
             # shedding (a full queue, a remote model's own open breaker): not a failure of this
             # request, so this stage's breaker does not count it
-            if breaker is not None:
-                breaker.release_probe()
-            return self._fallback(stage, request, ctx, spec.categories.unavailable,
-                                  f"{type(refused).__name__}: {refused}")
-        except asyncio.CancelledError:
-            if breaker is not None:
-                breaker.release_probe()
-            raise
-        except Exception as error:
-            stage.record_outcome(True, reached_batcher=reached)
-            self._log_failure(stage, error)
-            return self._fallback(stage, request, ctx, spec.categories.error,
+            if stage.breaker is not None:
+                stage.breaker.release_probe()
+            return self._fallback(stage, request, ctx, categories.unavailable,
                                   f"{type(error).__name__}: {error}")
-        stage.record_outcome(False, reached_batcher=reached)
-        ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
-        return value
+        stage.record_outcome(True, reached_batcher=reached_batcher)
+        self._log_failure(stage, error)
+        return self._fallback(stage, request, ctx, categories.error,
+                              f"{type(error).__name__}: {error}")
 
     @staticmethod
     def _until(spec: StageSpec, ctx: RequestContext, started: float) -> float:
@@ -370,3 +442,9 @@ class Pipeline:
             await cached.cache.aclose()
         if self.gate is not None:
             await self.gate.aclose()
+
+
+def _value_or_rest(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Step ``coro``: its value if it finished at once, else the ``Resumed`` rest of it."""
+    step = first_step(coro)
+    return step.value if isinstance(step, Finished) else step
