@@ -192,23 +192,15 @@ class FeatureStore:
         if unique is not keys and len(unique) != len(keys):
             by_key = dict(zip(unique, fetched, strict=True))
             fetched = [by_key[key] for key in keys]
-        defaults = table.row_of_defaults
-        rows: list[dict[str, Value]] = []
-        found: list[bool] = []
-        missing: dict[str, None] = {}
-        for key, features in zip(keys, fetched, strict=True):
-            row = defaults()
-            if features:
-                row.update(features)
-                found.append(True)
-            else:
-                missing[key] = None
-                found.append(False)
-            rows.append(row)
-        if missing and self._on_missing is not None:
-            self._on_missing(entity, len(found) - sum(found))
-        return FeatureLookup(entity, keys, tuple(rows), tuple(found), tuple(missing),
-                             Category.FEATURES_MISSING if missing else None)
+        rows = table.complete(fetched)
+        found = tuple(map(bool, fetched))
+        if all(found):
+            return FeatureLookup(entity, keys, rows, found, (), None)
+        missing = tuple(dict.fromkeys(k for k, known in zip(keys, found, strict=True)
+                                      if not known))
+        if self._on_missing is not None:
+            self._on_missing(entity, found.count(False))
+        return FeatureLookup(entity, keys, rows, found, missing, Category.FEATURES_MISSING)
 
     def defaults_for(self, entity: str, ids: Sequence[EntityId]) -> FeatureLookup:
         """The fallback when the store is unavailable: defaults for every id, no I/O."""
