@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,11 +83,14 @@ class StageRuntime:
                                    observer=_BatchMetrics(metrics, self))
         self.last_traceback = -TRACEBACK_INTERVAL
 
-    async def predict(self, rows: np.ndarray, deadline: float,
-                      metrics: ServiceMetrics) -> np.ndarray:
+    def predict(self, rows: np.ndarray, deadline: float,
+                metrics: ServiceMetrics) -> Awaitable[np.ndarray]:
         """Run the model on ``rows`` through the batcher (if any) or the runner, bounded by the
         stage timeout and ``deadline`` (loop time). Raises what the model or batcher raised;
-        the caller owns the breaker and the fallback. Shared by /predict and /v2 inference."""
+        the caller owns the breaker and the fallback. Shared by /predict and /v2 inference.
+
+        A plain function returning what to await: a batched call awaits the batcher's own
+        ``submit`` directly, with no coroutine of ours around it on the hot path."""
         assert self.runner is not None
         spec = self.spec
         now = asyncio.get_running_loop().time()
@@ -94,11 +98,16 @@ class StageRuntime:
         if self.batcher is not None:
             # The batcher holds no rows past their deadline (on time.monotonic's clock), queued
             # or running (one timer per batch): no timer per request here.
-            return await self.batcher.submit(rows, time.monotonic() + (until - now))
+            return self.batcher.submit(rows, time.monotonic() + (until - now))
+        return self._run_alone(rows, until, metrics)
+
+    async def _run_alone(self, rows: np.ndarray, until: float,
+                         metrics: ServiceMetrics) -> np.ndarray:
+        assert self.runner is not None
         clock = time.perf_counter()
         async with asyncio.timeout_at(until):
             predictions = await self.runner.run(rows)
-        metrics.observe_model(spec.name, self.version, time.perf_counter() - clock)
+        metrics.observe_model(self.spec.name, self.version, time.perf_counter() - clock)
         return predictions
 
     def record_outcome(self, failed: bool, *, reached_batcher: bool) -> None:
