@@ -32,4 +32,5 @@ def test_a_full_buffer_drops_the_oldest_and_counts_them() -> None:
         log.emit({"n": index})
     log.flush()
     assert [e["n"] for e in sink.events] == [2, 3, 4]
-    assert log.dropped == 2 and dropped == [1, 1]
+    assert log.dropped == 2
+    assert dropped == [1, 1]

@@ -24,6 +24,7 @@ import httpx
 import orjson
 import pytest
 
+from buttress.metrics import FLUSH_INTERVAL
 from tests.servers import (
     DEMO,
     FAULTY,
@@ -519,7 +520,16 @@ def test_two_workers_share_one_metrics_scrape(tmp_path: Path) -> None:
                     break
         assert len(_pids_in_events(server.events_dir)) == 2, "one worker served everything"
 
-        for _scrape in range(3):  # whichever worker answers, it reports both
+        # whichever worker answers, it reports both; the other's tally arrives within
+        # FLUSH_INTERVAL (requests are counted in plain numbers, moved in bulk)
+        give_up = time.monotonic() + 3 * FLUSH_INTERVAL
+        while True:
+            text = server.metrics()
+            if (metric_value(text, "buttress_requests_total", service="discount") == sent
+                    or time.monotonic() > give_up):
+                break
+            time.sleep(0.1)
+        for _scrape in range(3):
             text = server.metrics()
             assert metric_value(text, "buttress_requests_total", service="discount") == sent
             assert metric_value(text, "buttress_requests_total", status="200") == sent

@@ -3,6 +3,12 @@
 ``.labels(...)`` costs about 0.7 µs a call; binding the children when the service is built
 and keeping them in dicts makes each increment a quarter of that (PERFORMANCE.md).
 
+The metrics every request touches (in flight, requests by status, latency) are tallied as
+plain numbers and moved into Prometheus in bulk (:class:`RequestTally`): each
+prometheus_client ``inc`` takes a lock and re-checks its labels, four times a request. The
+tally is flushed whenever the registry is collected (a scrape, ``get_sample_value``) and, for
+``--workers N``, every :data:`FLUSH_INTERVAL` seconds so other workers' scrapes see it.
+
 Under ``--workers N`` the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports
 prometheus_client, values go to per-process files, and :func:`render` aggregates all of them,
 so one scrape shows every worker.
@@ -10,7 +16,10 @@ so one scrape shows every worker.
 
 from __future__ import annotations
 
+import math
 import os
+from bisect import bisect_left
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,11 +29,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+FLUSH_INTERVAL = 1.0
+"""Seconds between moves of a worker's request tally into its multiprocess files."""
 
 
 def multiprocess_enabled() -> bool:
@@ -38,6 +50,7 @@ class ServiceMetrics:
         self.service = service
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        r.register(_FlushFirst(self))  # collected before the metrics it flushes into
         self._requests = Counter(
             "buttress_requests_total", "Requests served, by HTTP status.",
             ["service", "status"], registry=r)
@@ -47,7 +60,7 @@ class ServiceMetrics:
         self._fallbacks = Counter(
             "buttress_fallbacks_total", "Fallbacks served, by stage and error category.",
             ["service", "stage", "category"], registry=r)
-        self.in_flight = Gauge(
+        self._in_flight = Gauge(
             "buttress_in_flight_requests", "Requests being served now.",
             ["service"], multiprocess_mode="livesum", registry=r).labels(service)
         self._violations = Counter(
@@ -97,7 +110,9 @@ class ServiceMetrics:
             "buttress_events_dropped_total", "Events dropped because the buffer was full.",
             ["service"], registry=r).labels(service)
         self._bound: dict[tuple[str, ...], Counter] = {}
-        self._ok = self._child(self._requests, "200")  # nearly every request: no look-up
+        self.requests = RequestTally(LATENCY_BUCKETS)
+        """Requests in flight, by status and by latency: plain numbers on the request path."""
+        self._child(self._requests, "200")  # shown at 0 before the first request
 
     def _child(self, metric: Counter, *labels: str) -> Counter:
         key = (metric._name, *labels)
@@ -106,12 +121,24 @@ class ServiceMetrics:
             child = self._bound[key] = metric.labels(self.service, *labels)
         return child
 
-    def observe_request(self, status: int, seconds: float) -> None:
-        if status == 200:
-            self._ok.inc()
-        else:
-            self._child(self._requests, str(status)).inc()
-        self._latency.observe(seconds)
+    def flush(self) -> None:
+        """Move the request tally into the Prometheus metrics."""
+        tally = self.requests
+        for status, count in tally.take_statuses():
+            self._child(self._requests, str(status)).inc(count)
+        buckets, total = tally.take_latencies()
+        if total is not None:
+            # prometheus_client has no bulk observe; its buckets and sum are plain values
+            for value, count in zip(self._latency._buckets, buckets, strict=True):
+                if count:
+                    value.inc(count)
+            self._latency._sum.inc(total)
+        self._in_flight.set(tally.in_flight)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition for ``/metrics``, this worker's tally included."""
+        self.flush()
+        return render(self.registry)
 
     def count_fallback(self, stage: str, category: str) -> None:
         self._child(self._fallbacks, stage, category).inc()
@@ -127,6 +154,58 @@ class ServiceMetrics:
 
     def count_events_dropped(self, n: int = 1) -> None:
         self._events_dropped.inc(n)
+
+
+class RequestTally:
+    """What each request adds to the request metrics, as plain numbers until flushed.
+
+    ``in_flight`` is a plain counter the runtime moves itself. ``observe`` counts the status
+    and finds the latency's bucket the way a Prometheus histogram does (the first upper
+    bound >= the value); ``take_*`` hand the counts over and start afresh.
+    """
+
+    __slots__ = ("_bounds", "_buckets", "_statuses", "_sum", "in_flight")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self._bounds = (*bounds, math.inf)
+        self._buckets = [0] * len(self._bounds)
+        self._statuses: dict[int, int] = {}
+        self._sum = 0.0
+        self.in_flight = 0
+
+    def observe(self, status: int, seconds: float) -> None:
+        statuses = self._statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        self._buckets[bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def take_statuses(self) -> list[tuple[int, int]]:
+        taken = list(self._statuses.items())
+        self._statuses.clear()
+        return taken
+
+    def take_latencies(self) -> tuple[list[int], float | None]:
+        """Counts per bucket and their sum (None: nothing observed since the last take)."""
+        if not any(self._buckets):
+            return self._buckets, None
+        taken, total = self._buckets, self._sum
+        self._buckets, self._sum = [0] * len(self._bounds), 0.0
+        return taken, total
+
+
+class _FlushFirst:
+    """A collector that yields nothing but flushes the request tally when a registry is
+    collected, so readers of the registry (scrapes, tests) see every request."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        self._metrics.flush()
+        return []
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:

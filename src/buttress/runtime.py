@@ -6,6 +6,7 @@ it returns a status code and a body and records exactly one event and the reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -22,7 +23,12 @@ from buttress.context import AppliedFallback, RequestContext
 from buttress.durations import as_ms
 from buttress.events import EventLog, EventSink, JsonlSink
 from buttress.interface import ContractViolation, InputRejected
-from buttress.metrics import ServiceMetrics, mark_worker_dead
+from buttress.metrics import (
+    FLUSH_INTERVAL,
+    ServiceMetrics,
+    mark_worker_dead,
+    multiprocess_enabled,
+)
 from buttress.pipeline import Pipeline, StageFailed
 
 if TYPE_CHECKING:
@@ -79,11 +85,15 @@ class Runtime:
         self.ready = False
         self.draining = False
         self._pid = os.getpid()
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.events.start()
+        if multiprocess_enabled():  # other workers' scrapes read this one's files
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_metrics_every(FLUSH_INTERVAL), name="metrics")
         await self.pipeline.open(self.connections)
         for name, factory in self.service.resources.items():
             self.pipeline.resources[name] = await factory(self)
@@ -122,7 +132,17 @@ class Runtime:
         await self.pipeline.aclose()
         await self.events.aclose()
         await self.connections.aclose()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        self.metrics.flush()
         mark_worker_dead(os.getpid())
+
+    async def _flush_metrics_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.metrics.flush()
 
     # -- one request -----------------------------------------------------------------------
 
@@ -148,11 +168,12 @@ class Runtime:
         ctx = RequestContext(request_id, started, started + budget)
         ctx.bypass_cache = bypass_cache
         ctx.warm_up = warm_up
-        self.metrics.in_flight.inc()
+        tally = self.metrics.requests
+        tally.in_flight += 1
         try:
             status, payload = await self._serve(body, ctx)
         finally:
-            self.metrics.in_flight.dec()
+            tally.in_flight -= 1
         if record:
             self.finish(ctx, status, time.perf_counter() - clock)
         return Answer(status, payload, ctx)
@@ -186,7 +207,7 @@ class Runtime:
     def finish(self, ctx: RequestContext, status: int, seconds: float) -> None:
         """Record the request's metrics and its one event."""
         metrics = self.metrics
-        metrics.observe_request(status, seconds)
+        metrics.requests.observe(status, seconds)
         for fallback in ctx.fallbacks:
             metrics.count_fallback(fallback.stage, fallback.category)
         for violation in ctx.violations:

@@ -15,7 +15,6 @@ from buttress.http.admin import admin_routes
 from buttress.http.oip import oip_routes
 from buttress.http.openapi import build_openapi
 from buttress.http.predict import PredictEndpoint
-from buttress.metrics import render
 
 if TYPE_CHECKING:
     from buttress.runtime import Runtime
@@ -54,7 +53,7 @@ def _starlette(runtime: Runtime) -> Starlette:
         return JSONResponse({"status": reason}, status_code=503)
 
     async def metrics(request: Request) -> Response:
-        body, content_type = render(runtime.metrics.registry)
+        body, content_type = runtime.metrics.render()
         return Response(body, media_type=content_type)
 
     async def openapi_json(request: Request) -> Response:
