@@ -160,6 +160,17 @@ def test_unknown_keys_are_recorded_and_dropped() -> None:
     assert not parsed.defaulted  # unknown keys are reported, not a fallback
 
 
+def test_unknown_keys_renames_and_bad_fields_are_all_reported_together() -> None:
+    document = order(user={"id": 7, "nickname": "x", "app_version": 512})
+    document["lines"][0] = {"sku": "a", "price": 1.0, "seller_margin": 0.3, "colour": "red"}
+    parsed = parse(document)
+    kinds = {path: v.kind for path, v in by_path(parsed.violations).items()}
+    assert kinds == {"user.nickname": "unknown_key", "lines[0].colour": "unknown_key",
+                     "lines[0].seller_margin": "renamed", "user.app_version": "defaulted"}
+    assert parsed.value.lines[0].margin == 0.3
+    assert parsed.value.user.app_version == "unknown"
+
+
 def test_all_fatal_fields_are_listed_at_once() -> None:
     body = orjson.dumps({"user": {"app_version": "5"},
                          "lines": [{"price": "ten"}, {"sku": "b", "price": 1, "margin": "x"}]})

@@ -107,20 +107,30 @@ class _Schema:
         ):
             raise InputRejected(400, f"JSON nesting deeper than {max_depth} levels")
         try:
-            value = self.model.model_validate_json(body)
-            violations: list[ContractViolation] = []
+            # Unknown keys fail this first attempt, so a clean body needs no walk looking for
+            # them: they are found by the lenient path below, which only they and bad
+            # fields pay for.
+            value = self.model.model_validate_json(body, extra="forbid")
         except ValidationError as error:
             if any(e["type"] == "json_invalid" for e in error.errors()):
                 raise InputRejected(400, f"malformed JSON: {error.errors()[0]['msg']}") from None
-            # pydantic's own parser: orjson rejects what it accepts (NaN, huge integers)
-            return self._repair(from_json(body), error)
+            return self._parse_leniently(body)
+        violations: list[ContractViolation] = []
         for needle in self.alias_needles:
             if needle in body:
                 violations.extend(self._renamed(from_json(body)))
                 break
-        unknown = self._unknown_keys(value)
-        if unknown:
-            violations.extend(unknown)
+        return ParsedInput(value, violations)
+
+    def _parse_leniently(self, body: bytes) -> ParsedInput:
+        """A body with unknown keys or bad fields: keep what can be kept, record the rest."""
+        try:
+            value = self.model.model_validate_json(body)
+        except ValidationError as error:
+            # pydantic's own parser: orjson rejects what it accepts (NaN, huge integers)
+            return self._repair(from_json(body), error)
+        violations = list(self._renamed(from_json(body)))
+        violations.extend(self._unknown_keys(value))
         return ParsedInput(value, violations)
 
     def parse_document(self, document: Any) -> ParsedInput:
@@ -203,22 +213,8 @@ class _Schema:
                                             "renamed", expected=name, received=alias)
 
     def _unknown_keys(self, value: BaseModel) -> list[ContractViolation]:
-        """Report and drop keys the model does not declare (they must not reach a cache key).
-
-        The common case has none, so a cheap walk looks first and the detailed one runs only
-        when it found something."""
-        stack: list[BaseModel] = [value]
-        while stack:
-            obj = stack.pop()
-            if obj.__pydantic_extra__:
-                return list(self._report_unknown_keys(value))
-            for name, is_list in self.nested.get(type(obj), ()):
-                child = getattr(obj, name)
-                if is_list:
-                    stack.extend(child or ())
-                elif child is not None:
-                    stack.append(child)
-        return []
+        """Report and drop keys the model does not declare (they must not reach a cache key)."""
+        return list(self._report_unknown_keys(value))
 
     def _report_unknown_keys(self, value: BaseModel) -> Iterator[ContractViolation]:
         stack: list[tuple[tuple[str | int, ...], BaseModel]] = [((), value)]

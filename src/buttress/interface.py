@@ -4,9 +4,10 @@ A producer renames ``margin`` to ``seller_margin``, sends ``"abc"`` where a numb
 adds keys nobody asked for. The service should keep answering, and an operator should see it
 happen. So an :class:`Input` model is validated in two tiers:
 
-* **Fast path**: ``model_validate_json(body)``; renamed keys are accepted through aliases.
-  Nothing else is paid on a clean request except a ``bytes`` search per declared alias and a
-  walk over nested models for unknown keys.
+* **Fast path**: ``model_validate_json(body, extra="forbid")``; renamed keys are accepted
+  through aliases. Nothing else is paid on a clean request except a ``bytes`` search per
+  declared alias. Unknown keys fail this attempt, and a second one that allows them keeps
+  the value and reports each key (so only bodies that have some pay for finding them).
 * **Failure path** (only when pydantic raises): every error is traced to the deepest field on
   its path that has a default. That field takes its default and a :class:`ContractViolation`
   records the path, the expected type and the received type; errors with no default on their
