@@ -55,4 +55,5 @@ class ParsedInput:
 
     @property
     def defaulted(self) -> bool:
-        return any(v.kind == "defaulted" for v in self.violations)
+        violations = self.violations  # nearly always empty: skip the generator then
+        return bool(violations) and any(v.kind == "defaulted" for v in violations)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 
 from buttress.features.table import FeatureTable, Value
+
+_EMPTY: dict[str, Value] = {}  # an unknown id's row; never changed (the store copies rows)
 
 
 class MemoryFeatures:
@@ -17,10 +20,9 @@ class MemoryFeatures:
     def fetch_now(self, table: FeatureTable, ids: Sequence[str]) -> list[dict[str, Value]]:
         """``fetch`` without the coroutine: the store calls this when the backend has it."""
         rows = self._rows.get(table.entity, {})
-        empty: dict[str, Value] = {}
         # Only declared features are ever written (the store coerces them), and the store
         # copies what it reads, so the stored dicts can be handed out as they are.
-        return [rows.get(key, empty) for key in ids]
+        return list(map(rows.get, ids, repeat(_EMPTY, len(ids))))
 
     async def write(
         self, table: FeatureTable, rows: Sequence[tuple[str, Mapping[str, Value]]]
