@@ -205,6 +205,26 @@ async def test_an_item_whose_deadline_passed_while_queued_is_skipped() -> None:
         await batcher.submit(rows(1), deadline=now[0] - 0.1)
 
 
+async def test_items_queued_behind_a_run_wait_for_company_after_it_ends() -> None:
+    """The wait for company starts when the model is free: an item that queued during a run
+    (and has waited longer than max_wait by then) is not flushed alone the moment it ends."""
+    model = Model(gated=True)
+    batcher = Batcher(Batch(max_size=8, max_wait="200ms", adaptive=False), model)
+    first = spawn(batcher.submit(rows(1, 1.0)))
+    await until(lambda: model.sizes == [1])
+    second = spawn(batcher.submit(rows(1, 2.0)))
+    await asyncio.sleep(0.25)  # longer than max_wait, behind the running batch
+    model.gate.set()
+    await first
+    freed = time.monotonic()
+    await asyncio.sleep(0.02)
+    third = spawn(batcher.submit(rows(1, 3.0)))  # company, within max_wait of the run's end
+    assert (await second).tolist() == [6.0]
+    assert (await third).tolist() == [9.0]
+    assert model.sizes == [1, 2]
+    assert time.monotonic() - freed >= 0.19
+
+
 async def test_deadlines_bound_a_running_batch_with_one_timer() -> None:
     """A slow run fails each item at its own deadline, running or queued behind it; the
     batch-mates with time left still get their rows when the run completes."""

@@ -11,8 +11,12 @@ How it runs, with no long-lived task and nothing created per item except its fut
   flush now (the queue holds ``max_size`` rows), arm one ``call_later`` timer (the oldest item's
   ``max_wait``, or earlier if a queued deadline comes first), or leave it to the running batch.
 * One batch runs at a time. Its completion callback resolves every caller's future (one
-  callback per batch) and forms the next batch at once from what accumulated meanwhile: that
-  accumulation under load is where batching pays.
+  callback per batch). The wait for company starts when the model can take a batch: items
+  that queued behind a running batch get ``max_wait`` after it ends to be joined by more
+  (unless they already fill a batch, or a deadline forces it), not a flush the moment it
+  ends. Flushing at once let closed-loop clients settle into two halves that alternate, each
+  a model call: at 64 connections the tabular bench's batches grew from 32 to 42 rows, 0.73x
+  -> 0.80x the raw floor, and the MLP's from 0.81x to 0.95x at 16 connections.
 * A batch takes items in arrival order while they fit in ``max_size`` rows. An item bigger
   than ``max_size`` runs alone as its own batch, whole: splitting it would only add runs, as a
   model call's cost barely grows with rows.
@@ -137,6 +141,7 @@ class Batcher:
         self._flush_soon = False  # the armed timer is an immediate (next-iteration) flush
         self._crowd = 0.0
         self._run_estimate = 0.0
+        self._free_since = -math.inf  # when the last run ended: waits for company start here
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
         self._batches = self._runs = self._rows = self._items = self._max_rows = 0
@@ -225,7 +230,8 @@ class Batcher:
         if self._closing or self._queued_rows >= self._max_size:
             self._flush(now)
             return
-        flush_at = min(self._pending[0].enqueued + self._max_wait, self._flush_by)
+        waiting_since = max(self._pending[0].enqueued, self._free_since)
+        flush_at = min(waiting_since + self._max_wait, self._flush_by)
         if flush_at <= now:
             self._flush(now)
             return
@@ -406,6 +412,7 @@ class Batcher:
                     item.future.set_exception(bug)
         finally:
             self._running = False
+            self._free_since = now
         self._notify(self._observer.batch_ran, run.rows, len(run.items), elapsed, error)
         if run.budget is None:  # a fresh batch, not a retry of part of one
             self._notify(self._observer.batch_outcome, elapsed, error)
