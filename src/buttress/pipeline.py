@@ -64,7 +64,6 @@ class Pipeline:
                  guardrail_url: str = "memory://") -> None:
         assert service.responder is not None
         self.metrics = metrics
-        self.levels = order_in_levels(service.stages, provided=set(service.resources))
         self.resources: dict[str, Any] = {}
         """Values of the service's resources, filled in when the runtime starts."""
 
@@ -78,6 +77,9 @@ class Pipeline:
         threads = (model_threads, native_threads)
         self.runtimes = {s.name: StageRuntime(s, metrics, threads, cache(s.cache, s.name))
                          for s in service.stages}
+        self.levels = [[self.runtimes[s.name] for s in level] for level in
+                       order_in_levels(service.stages, provided=set(service.resources))]
+        """The stages in dependency order: each level needs only earlier ones."""
         self.responder = service.responder
         self.output_model = service.output
         models = [r for r in self.runtimes.values() if r.runner is not None]
@@ -188,20 +190,26 @@ class Pipeline:
         results.update(self.resources)
         for level in self.levels:
             if default_prediction:
-                defaults = [s for s in level if s.kind == "model" and s.has_fallback]
-                results.update((s.name, s.fallback_value(request)) for s in defaults)
-                level = [s for s in level if s not in defaults]
+                defaults = [r for r in level if r.spec.kind == "model" and r.spec.has_fallback]
+                results.update((r.spec.name, r.spec.fallback_value(request)) for r in defaults)
+                level = [r for r in level if r not in defaults]
             if len(level) == 1:
                 stage = level[0]
-                value = self._start_stage(self.runtimes[stage.name], request, results, ctx)
-                results[stage.name] = await value if type(value) is Resumed else value
+                if stage.cache is not None or stage.runner is not None:
+                    # a cached or model stage is one coroutine anyway: await it directly
+                    value = await self._stage_coroutine(stage, request, results, ctx)
+                else:
+                    value = self._start_plain_stage(stage, request, results, ctx)
+                    if type(value) is Resumed:
+                        value = await value
+                results[stage.spec.name] = value
             elif level:
                 rest = self._start_level(level, request, results, ctx)
                 if rest is not None:
                     await rest
         return self._respond(request, results, ctx)
 
-    def _start_level(self, level: list[StageSpec], request: Any, results: dict[str, Any],
+    def _start_level(self, level: list[StageRuntime], request: Any, results: dict[str, Any],
                      ctx: RequestContext) -> Coroutine[Any, Any, None] | None:
         """Start independent stages, paying for concurrency only where it is used.
 
@@ -211,23 +219,23 @@ class Pipeline:
         Tasks then. Returns what is left to await, or None when every stage finished.
         """
         for index, stage in enumerate(level):
-            value = self._start_stage(self.runtimes[stage.name], request, results, ctx)
+            value = self._start_stage(stage, request, results, ctx)
             if type(value) is not Resumed:
-                results[stage.name] = value
+                results[stage.spec.name] = value
                 continue
-            return self._finish_level(stage.name, value, level[index + 1:], request, results,
-                                      ctx)
+            return self._finish_level(stage.spec.name, value, level[index + 1:], request,
+                                      results, ctx)
         return None
 
-    async def _finish_level(self, name: str, suspended: Resumed[Any], rest: list[StageSpec],
+    async def _finish_level(self, name: str, suspended: Resumed[Any], rest: list[StageRuntime],
                             request: Any, results: dict[str, Any], ctx: RequestContext) -> None:
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._stage_value(self.runtimes[s.name], request, results, ctx))
-                 for s in rest]
+        tasks = [loop.create_task(self._stage_value(stage, request, results, ctx))
+                 for stage in rest]
         try:
             results[name] = await suspended
-            for other, task in zip(rest, tasks, strict=True):
-                results[other.name] = await task
+            for stage, task in zip(rest, tasks, strict=True):
+                results[stage.spec.name] = await task
         except BaseException:
             for task in tasks:
                 task.cancel()
@@ -255,11 +263,16 @@ class Pipeline:
         than their work (PERFORMANCE.md). A cached stage and a model stage (which always
         waits for its model) run as one coroutine, stepped the same way.
         """
-        if stage.cache is not None:
-            return _value_or_rest(self._run_cached_stage(stage, request, results, ctx))
-        if stage.spec.kind == "model":
-            return _value_or_rest(self._run_model(stage, request, results, ctx))
+        if stage.cache is not None or stage.runner is not None:
+            return _value_or_rest(self._stage_coroutine(stage, request, results, ctx))
         return self._start_plain_stage(stage, request, results, ctx)
+
+    def _stage_coroutine(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                         ctx: RequestContext) -> Coroutine[Any, Any, Any]:
+        """A cached stage or a model stage, as the one coroutine it runs in."""
+        if stage.cache is not None:
+            return self._run_cached_stage(stage, request, results, ctx)
+        return self._run_model(stage, request, results, ctx)
 
     def _start_plain_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
                            ctx: RequestContext) -> Any:
@@ -330,7 +343,7 @@ class Pipeline:
     async def _compute_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
                              ctx: RequestContext) -> Any:
         """The stage's computation without its cache: what its cache runs on a miss."""
-        if stage.spec.kind == "model":
+        if stage.runner is not None:
             return await self._run_model(stage, request, results, ctx)
         value = self._start_plain_stage(stage, request, results, ctx)
         return await value if type(value) is Resumed else value
