@@ -171,31 +171,37 @@ class Runtime:
         tally = self.metrics.requests
         tally.in_flight += 1
         try:
-            status, payload = await self._serve(body, ctx)
+            try:
+                parsed = self.service.input.parse(body, max_depth=self.settings.max_json_depth)
+            except InputRejected as rejected:
+                ctx.violations = rejected.violations
+                status, payload = rejected.status, error_body(
+                    Category.INPUT_INVALID, rejected.message, rejected.violations)
+            else:
+                # the pipeline is awaited here, not in a helper coroutine: every frame between
+                # the request's task and the model is resumed when its batch returns
+                ctx.violations = parsed.violations
+                try:
+                    status, payload = 200, await self.pipeline.run(parsed, ctx)
+                except StageFailed as failed:
+                    status, payload = 503, self._unanswerable(failed, ctx)
+                except Exception as error:  # a bug: answer, count, log; never crash the server
+                    log.exception("request %s failed", ctx.request_id)
+                    ctx.error = None
+                    status, payload = 500, error_body(
+                        Category.INTERNAL, f"internal error: {type(error).__name__}")
         finally:
             tally.in_flight -= 1
         if record:
             self.finish(ctx, status, time.perf_counter() - clock)
         return Answer(status, payload, ctx)
 
-    async def _serve(self, body: bytes, ctx: RequestContext) -> tuple[int, bytes]:
-        try:
-            parsed = self.service.input.parse(body, max_depth=self.settings.max_json_depth)
-        except InputRejected as rejected:
-            ctx.violations = rejected.violations
-            return rejected.status, error_body(Category.INPUT_INVALID, rejected.message,
-                                               rejected.violations)
-        ctx.violations = parsed.violations
-        try:
-            return 200, await self.pipeline.run(parsed, ctx)
-        except StageFailed as failed:
-            if ctx.error is None:  # it failed in a computation this request only shared
-                ctx.error = AppliedFallback(failed.stage, failed.category, str(failed))
-            return 503, error_body(failed.category, str(failed))
-        except Exception as error:  # a bug: answer, count, log; never crash the server
-            log.exception("request %s failed", ctx.request_id)
-            ctx.error = None
-            return 500, error_body(Category.INTERNAL, f"internal error: {type(error).__name__}")
+    @staticmethod
+    def _unanswerable(failed: StageFailed, ctx: RequestContext) -> bytes:
+        """The 503 body for a stage that failed without a fallback."""
+        if ctx.error is None:  # it failed in a computation this request only shared
+            ctx.error = AppliedFallback(failed.stage, failed.category, str(failed))
+        return error_body(failed.category, str(failed))
 
     def reject(self, status: int, message: str, request_id: str) -> Answer:
         """Answer a request refused before it reached the service (e.g. 413 by transport)."""
