@@ -61,9 +61,11 @@ class ThreadRunner:
         """Synchronous call on the caller's thread (warm-up, tests)."""
         return np.asarray(self._predict(rows))
 
-    async def run(self, rows: np.ndarray) -> np.ndarray:
+    def run(self, rows: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """The executor's Future itself: awaited as it is, it costs no Task, and the call is
+        submitted now rather than on the loop's next iteration."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.predict_now, rows)
+        return loop.run_in_executor(self._executor, self.predict_now, rows)
 
     def signature(self) -> Signature:
         """The row width scikit-learn (``n_features_in_``) or LightGBM records, if any."""

@@ -8,6 +8,7 @@ service, so two runtimes never share a connection pool or a breaker.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,9 +23,12 @@ class Predictor(Protocol):
 
 
 class Runner(Protocol):
-    """What the model stage calls: rows in, one prediction per row out."""
+    """What the model stage calls: rows in, one prediction per row out.
 
-    async def run(self, rows: np.ndarray) -> np.ndarray: ...
+    ``run`` may be a coroutine function or return a Future (what an executor hands back):
+    the batcher awaits a Future as it is, without a Task per batch."""
+
+    def run(self, rows: np.ndarray) -> Awaitable[np.ndarray]: ...
 
     def close(self) -> None: ...
 
