@@ -219,7 +219,10 @@ class Pipeline:
         Tasks then. Returns what is left to await, or None when every stage finished.
         """
         for index, stage in enumerate(level):
-            value = self._start_stage(stage, request, results, ctx)
+            if stage.cache is None and stage.runner is None:
+                value = self._start_plain_stage(stage, request, results, ctx)
+            else:
+                value = _value_or_rest(self._stage_coroutine(stage, request, results, ctx))
             if type(value) is not Resumed:
                 results[stage.spec.name] = value
                 continue
@@ -243,8 +246,11 @@ class Pipeline:
 
     async def _stage_value(self, stage: StageRuntime, request: Any, results: dict[str, Any],
                            ctx: RequestContext) -> Any:
-        value = self._start_stage(stage, request, results, ctx)
-        return await value if type(value) is Resumed else value
+        """A stage, its cache included, as a coroutine of its own (a Task when its level runs
+        concurrently)."""
+        if stage.cache is not None:
+            return await self._run_cached_stage(stage, request, results, ctx)
+        return await self._compute_stage(stage, request, results, ctx)
 
     def _arguments(self, spec: StageSpec, request: Any, results: dict[str, Any],
                    ctx: RequestContext) -> list[Any]:
@@ -252,20 +258,6 @@ class Pipeline:
         if spec.wants_context:
             args.append(ctx)
         return args
-
-    def _start_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
-                     ctx: RequestContext) -> Any:
-        """Run a stage as far as it goes without suspending: its value (or fallback), or, if
-        it suspended, the ``Resumed`` rest of it, to await in this task.
-
-        A plain function rather than a coroutine: most stages finish at once (a memory
-        look-up, a sync function), and for them a coroutine per stage, stepped, costs more
-        than their work (PERFORMANCE.md). A cached stage and a model stage (which always
-        waits for its model) run as one coroutine, stepped the same way.
-        """
-        if stage.cache is not None or stage.runner is not None:
-            return _value_or_rest(self._stage_coroutine(stage, request, results, ctx))
-        return self._start_plain_stage(stage, request, results, ctx)
 
     def _stage_coroutine(self, stage: StageRuntime, request: Any, results: dict[str, Any],
                          ctx: RequestContext) -> Coroutine[Any, Any, Any]:
@@ -276,7 +268,15 @@ class Pipeline:
 
     def _start_plain_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
                            ctx: RequestContext) -> Any:
-        """``_start_stage`` for a stage function, sync or async, without cache or model."""
+        """Run a stage function (sync or async, no cache, no model) as far as it goes without
+        suspending: its value (or fallback), or, if it suspended, the ``Resumed`` rest of it,
+        to await in this task.
+
+        A plain function rather than a coroutine: most stages finish at once (a memory
+        look-up, a sync function), and for them a coroutine per stage, stepped, costs more
+        than their work (PERFORMANCE.md). Cached and model stages run as one coroutine each
+        (``_stage_coroutine``).
+        """
         spec = stage.spec
         breaker = stage.breaker
         if breaker is not None and not breaker.allow():
