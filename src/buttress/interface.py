@@ -20,7 +20,8 @@ depend on pydantic only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, ClassVar, get_origin
 
 from annotated_types import MaxLen
@@ -80,6 +81,11 @@ class Input(BaseModel):
     def parse(cls, body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ParsedInput:
         """Validate raw JSON bytes leniently; raise :class:`InputRejected` when impossible."""
         return schema_of(cls).parse(body, max_depth)
+
+    @classmethod
+    def parser(cls, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Callable[[bytes], ParsedInput]:
+        """``parse`` with its settings bound once, for a caller that parses every request."""
+        return partial(schema_of(cls).parse, max_depth=max_depth)
 
     @classmethod
     def parse_object(cls, document: Any) -> ParsedInput:

@@ -86,6 +86,7 @@ class Runtime:
         self.draining = False
         self._pid = os.getpid()
         self._flusher: asyncio.Task[None] | None = None
+        self._parse = service.input.parser(max_depth=settings.max_json_depth)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class Runtime:
         tally.in_flight += 1
         try:
             try:
-                parsed = self.service.input.parse(body, max_depth=self.settings.max_json_depth)
+                parsed = self._parse(body)
             except InputRejected as rejected:
                 ctx.violations = rejected.violations
                 status, payload = rejected.status, error_body(

@@ -176,7 +176,7 @@ class FeatureStore:
         On the request path (≈ 1 µs per id here): repeated ids are fetched once, but the
         common case, distinct ids, builds no id-to-row dict at all.
         """
-        table = self.table(entity)
+        table = self._tables.get(entity) or self.table(entity)  # the latter raises, saying why
         keys = tuple(map(str, ids))
         if not keys:
             return FeatureLookup(entity, (), (), (), (), None)
