@@ -172,6 +172,20 @@ async def test_thread_runner_caps_openmp_in_each_model_thread(
         assert set(openmp) == {native_threads}
 
 
+def test_thread_runner_starts_every_model_thread_before_serving(
+        closing: list[Runner]) -> None:
+    """A thread's start-up (threadpoolctl's inspection) is paid when the service is built,
+    not inside a request: ThreadPoolExecutor would start the second thread lazily."""
+
+    def models() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith("model")}
+
+    before = models()
+    runner = ThreadRunner(lambda batch: batch[:, 0], threads=3)
+    closing.append(runner)
+    assert len(models() - before) == 3
+
+
 class _Recorder:
     """A torch module that records, from inside its forward pass, what torch sees."""
 

@@ -8,6 +8,7 @@ other requests. One executor hop per call: with a ``bt.Batch`` that is one hop p
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -56,6 +57,21 @@ class ThreadRunner:
         self._executor = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="model",
             initializer=_prepare_thread, initargs=(native_threads, setup))
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        """Start every model thread now rather than on first use.
+
+        ThreadPoolExecutor starts a thread only when no idle one is free, and each new thread
+        runs ``_prepare_thread`` (threadpoolctl inspects the loaded native libraries: a few
+        milliseconds). With batching, warm-up requests share one batch, so the second thread
+        used to start inside a served request. Each start-up job waits until all threads hold
+        one, so none can be reused before every thread exists.
+        """
+        everyone = threading.Barrier(self.threads)
+        started = [self._executor.submit(everyone.wait, 30.0) for _ in range(self.threads)]
+        for job in started:
+            job.result()
 
     def predict_now(self, rows: np.ndarray) -> np.ndarray:
         """Synchronous call on the caller's thread (warm-up, tests)."""
