@@ -53,18 +53,31 @@ def error_body(
                                    "fields": [v.as_dict() for v in violations]}})
 
 
-def _freeze_startup_objects() -> None:
-    """Move everything allocated while starting (modules, models, feature tables) out of the
-    garbage collector's sight.
+YOUNG_COLLECTION_THRESHOLD = 50_000
+"""Allocations (net) between two collections of the youngest generation; CPython's default
+is 700."""
+
+
+def _tune_garbage_collector() -> None:
+    """Move everything allocated while starting out of the collector's sight, and collect the
+    young generation rarely.
 
     A served model drags in ~130k long-lived objects; every full collection walked all of them:
     55-110 ms pauses about every 1,700 requests, ~40 µs per request on average, and a pause
     long enough to time out a whole batch at once. After ``gc.freeze()`` collections scan only
     what requests allocate (measured: CPU per request -15 %, p99 81 -> 23 ms at 64
     connections). The frozen objects are still freed normally by reference counting.
+
+    Requests leave no reference cycles behind (measured: 200k requests of the demo, the same
+    1,150 objects collected with either threshold, the same peak RSS), so collecting the young
+    generation every 700 allocations only re-scanned the objects of requests in flight: 1.3 µs
+    of CPU a request in process, and 0.89x instead of 0.85x the raw batcher's throughput in
+    ``bench/batching.py`` (tabular, 64 connections). A service whose own code does leave cycles
+    still has them collected, after 50k allocations instead of 700.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
 
 
 class Runtime:
@@ -102,7 +115,7 @@ class Runtime:
             await hook(self)
         if self.service.example is not None:
             await self._warm_up()
-        _freeze_startup_objects()
+        _tune_garbage_collector()
         self.ready = True
 
     async def _warm_up(self) -> None:
