@@ -177,8 +177,8 @@ def test_thread_runner_starts_every_model_thread_before_serving(
     """A thread's start-up (threadpoolctl's inspection) is paid when the service is built,
     not inside a request: ThreadPoolExecutor would start the second thread lazily."""
 
-    def models() -> set[str]:
-        return {t.name for t in threading.enumerate() if t.name.startswith("model")}
+    def models() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("model")}
 
     before = models()
     runner = ThreadRunner(lambda batch: batch[:, 0], threads=3)
