@@ -47,8 +47,10 @@ class PredictEndpoint:
         rid = request_id.decode() if request_id else f"{self._id_prefix}{next(self._ids):012x}"
         runtime = self.runtime
         if scope["method"] != "POST":
-            await _send(send, 405, b'{"error":{"category":"input_invalid","message":'
-                        b'"use POST","fields":[]}}', [(b"allow", b"POST"), JSON])
+            start, content = _messages(405, b'{"error":{"category":"input_invalid","message":'
+                                       b'"use POST","fields":[]}}', [(b"allow", b"POST"), JSON])
+            await send(start)
+            await send(content)
             return
         if declared_length > self.max_body:
             answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
@@ -60,7 +62,9 @@ class PredictEndpoint:
                 answer = await runtime.answer(body, request_id=rid,
                                               deadline_s=runtime.deadline_for(deadline),
                                               bypass_cache=bypass_cache)
-        await _send(send, answer.status, answer.body, _headers(answer, rid))
+        start, content = _messages(answer.status, answer.body, _headers(answer, rid))
+        await send(start)
+        await send(content)
 
 
 def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:
@@ -75,7 +79,10 @@ def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-async def _send(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+def _messages(status: int, body: bytes, headers: list[tuple[bytes, bytes]],
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two ASGI messages of a whole response (awaited by the caller: no coroutine of its
+    own on the hot path)."""
     headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return ({"type": "http.response.start", "status": status, "headers": headers},
+            {"type": "http.response.body", "body": body})
