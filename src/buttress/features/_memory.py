@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import repeat
 
 from buttress.features.table import FeatureTable, Value
 
 _EMPTY: dict[str, Value] = {}  # an unknown id's row; never changed (the store copies rows)
+_EMPTY_TABLE: dict[str, dict[str, Value]] = {}
 
 
 class MemoryFeatures:
@@ -19,10 +19,10 @@ class MemoryFeatures:
 
     def fetch_now(self, table: FeatureTable, ids: Sequence[str]) -> list[dict[str, Value]]:
         """``fetch`` without the coroutine: the store calls this when the backend has it."""
-        rows = self._rows.get(table.entity, {})
+        rows = self._rows.get(table.entity, _EMPTY_TABLE)
         # Only declared features are ever written (the store coerces them), and the store
         # copies what it reads, so the stored dicts can be handed out as they are.
-        return list(map(rows.get, ids, repeat(_EMPTY, len(ids))))
+        return [rows.get(key, _EMPTY) for key in ids]
 
     async def write(
         self, table: FeatureTable, rows: Sequence[tuple[str, Mapping[str, Value]]]

@@ -193,9 +193,9 @@ class FeatureStore:
             by_key = dict(zip(unique, fetched, strict=True))
             fetched = [by_key[key] for key in keys]
         rows = table.complete(fetched)
+        if all(fetched):  # every id known (an unknown one's stored row is empty)
+            return FeatureLookup(entity, keys, rows, (True,) * len(keys), (), None)
         found = tuple(map(bool, fetched))
-        if all(found):
-            return FeatureLookup(entity, keys, rows, found, (), None)
         missing = tuple(dict.fromkeys(k for k, known in zip(keys, found, strict=True)
                                       if not known))
         if self._on_missing is not None:
