@@ -266,6 +266,18 @@ def test_admin_requires_the_bearer_token(client: httpx.Client) -> None:
     assert status.json()["breakers"]["discount_model"] == "closed"
 
 
+def test_admin_bodies_are_capped_like_predict_bodies(client: httpx.Client) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    huge = b'{"limit": ' + b" " * DEMO_MAX_BODY + b"1}"
+    for path in ("/admin/guardrails/discount_value_per_minute", "/admin/cache/invalidate"):
+        response = client.post(path, content=huge, headers=admin)
+        assert response.status_code == 413, path
+        assert response.json()["error"]["category"] == "input_invalid"
+    small = client.post("/admin/guardrails/discount_value_per_minute", json={"limit": "x"},
+                        headers=admin)
+    assert small.status_code == 400  # read, parsed and refused for what it says
+
+
 def test_promtool_accepts_single_process_metrics(client: httpx.Client) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:

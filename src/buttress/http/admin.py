@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from buttress.http.body import read_body
+
 if TYPE_CHECKING:
     from buttress.runtime import Runtime
 
@@ -24,6 +26,16 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"category": "input_invalid", "message": message,
                                    "fields": []}}, status_code=status)
+
+
+async def _capped_body(request: Request, runtime: Runtime) -> bytes | None:
+    """The body, or None past ``max_body_bytes`` (read no further), as ``/predict`` does:
+    an admin token is no reason to hold an unbounded body in memory."""
+    return await read_body(request.receive, runtime.settings.max_body_bytes)
+
+
+def _too_large(runtime: Runtime) -> JSONResponse:
+    return _error(413, f"body larger than {runtime.settings.max_body_bytes} bytes")
 
 
 def guarded(runtime: Runtime, endpoint: Endpoint) -> Endpoint:
@@ -56,7 +68,9 @@ def admin_routes(runtime: Runtime) -> list[Route]:
     async def invalidate_cache(request: Request) -> Response:
         """``{"stage": name}`` empties that stage's cache; an empty body, the response cache
         and every stage cache. On Redis this reaches every replica at once."""
-        body = await request.body()
+        body = await _capped_body(request, runtime)
+        if body is None:
+            return _too_large(runtime)
         try:
             wanted = (orjson.loads(body) or {}).get("stage") if body else None
         except (orjson.JSONDecodeError, AttributeError):
@@ -83,8 +97,11 @@ def admin_routes(runtime: Runtime) -> list[Route]:
         ``{"limit": null}`` restores the declared one."""
         gate = runtime.pipeline.gate
         name = request.path_params["name"]
+        raw = await _capped_body(request, runtime)
+        if raw is None:
+            return _too_large(runtime)
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(raw)
             limit = body["limit"]
             if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
                                       or limit < 0):
