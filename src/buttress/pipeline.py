@@ -280,8 +280,7 @@ class Pipeline:
         spec = stage.spec
         breaker = stage.breaker
         if breaker is not None and not breaker.allow():
-            return self._fallback(stage, request, ctx, spec.categories.unavailable,
-                                  "circuit breaker open")
+            return self._breaker_open(stage, request, ctx)
         clock = time.perf_counter()
         try:
             if spec.is_async:
@@ -320,8 +319,7 @@ class Pipeline:
         spec = stage.spec
         breaker = stage.breaker
         if breaker is not None and not breaker.allow():
-            return self._fallback(stage, request, ctx, spec.categories.unavailable,
-                                  "circuit breaker open")
+            return self._breaker_open(stage, request, ctx)
         clock = time.perf_counter()
         # A batched model's breaker is fed per batch by the batcher; this request's own
         # outcome counts only if it failed before reaching it (building its rows).
@@ -360,6 +358,10 @@ class Pipeline:
             return self._fallback(stage, request, ctx, stage.spec.categories.timeout,
                                   "deadline passed while waiting for a shared computation")
         return value
+
+    def _breaker_open(self, stage: StageRuntime, request: Any, ctx: RequestContext) -> Any:
+        return self._fallback(stage, request, ctx, stage.spec.categories.unavailable,
+                              "circuit breaker open")
 
     def _succeeded(self, stage: StageRuntime, ctx: RequestContext, clock: float,
                    value: Any) -> Any:
