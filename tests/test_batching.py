@@ -225,6 +225,29 @@ async def test_items_queued_behind_a_run_wait_for_company_after_it_ends() -> Non
     assert time.monotonic() - freed >= 0.19
 
 
+async def test_the_wait_for_company_starts_after_the_batch_is_answered() -> None:
+    """The loop iteration that resumes a batch's callers (they answer their requests) takes
+    no requests in: it does not count against the next batch's max_wait."""
+    model = Model(gated=True)
+    batcher = Batcher(Batch(max_size=8, max_wait="100ms", adaptive=False), model)
+
+    async def answered_slowly() -> None:
+        await batcher.submit(rows(1, 1.0))
+        time.sleep(0.15)  # the caller's own work after its result: the loop is busy
+
+    first = spawn(answered_slowly())
+    await until(lambda: model.sizes == [1])
+    second = spawn(batcher.submit(rows(1, 2.0)))  # queued behind the running batch
+    await until(lambda: batcher.stats().queued_rows == 1)
+    model.gate.set()
+    await first
+    await asyncio.sleep(0.04)  # 190 ms after the run ended, 40 ms after its answer
+    third = spawn(batcher.submit(rows(1, 3.0)))
+    assert (await second).tolist() == [6.0]
+    assert (await third).tolist() == [9.0]
+    assert model.sizes == [1, 2]  # counted from the run's end, the second would go alone
+
+
 async def test_deadlines_bound_a_running_batch_with_one_timer() -> None:
     """A slow run fails each item at its own deadline, running or queued behind it; the
     batch-mates with time left still get their rows when the run completes."""
