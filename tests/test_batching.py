@@ -233,7 +233,7 @@ async def test_the_wait_for_company_starts_after_the_batch_is_answered() -> None
 
     async def answered_slowly() -> None:
         await batcher.submit(rows(1, 1.0))
-        time.sleep(0.15)  # the caller's own work after its result: the loop is busy
+        time.sleep(0.15)  # noqa: ASYNC251 - on purpose: the caller keeps the loop busy
 
     first = spawn(answered_slowly())
     await until(lambda: model.sizes == [1])

@@ -3,6 +3,7 @@ with the native thread pools of each model thread capped at ``native_threads``."
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_info
 
+from buttress.batching import Batch, Batcher
 from buttress.runners import (
     OnnxRunner,
     RemoteModel,
@@ -87,6 +89,30 @@ async def test_scikit_learn_runner_matches_predict(
     closing.append(runner)
     assert isinstance(runner, ThreadRunner)
     np.testing.assert_array_equal(await runner.run(rows[:n]), regressor.predict(rows[:n]))
+
+
+def lightgbm_models(rows: np.ndarray) -> list[Any]:
+    """A LightGBM model through its scikit-learn API and as a native Booster."""
+    lightgbm = pytest.importorskip("lightgbm")
+    target = rows @ np.arange(1.0, FEATURES + 1)
+    estimator = lightgbm.LGBMRegressor(n_estimators=20, min_child_samples=5, verbose=-1)
+    estimator.fit(rows, target)
+    booster = lightgbm.train({"objective": "regression", "min_data_in_leaf": 5, "verbose": -1},
+                             lightgbm.Dataset(rows, target), num_boost_round=20)
+    return [estimator, booster]
+
+
+async def test_lightgbm_models_run_batched_as_they_predict(
+        rows: np.ndarray, closing: list[Runner]) -> None:
+    for model in lightgbm_models(rows):
+        runner = as_runner(model, threads=2, native_threads=1)
+        closing.append(runner)
+        assert isinstance(runner, ThreadRunner)
+        assert runner.signature().features == FEATURES
+        batcher = Batcher(Batch(max_size=16, max_wait="5ms"), runner.run)
+        answers = await asyncio.gather(*(batcher.submit(rows[i:i + 1]) for i in range(40)))
+        np.testing.assert_allclose(np.concatenate(answers), model.predict(rows[:40]))
+        assert batcher.stats().batches < 40  # they did share batches
 
 
 @pytest.mark.parametrize("n", [1, 64])
