@@ -195,13 +195,12 @@ class Pipeline:
                 level = [r for r in level if r not in defaults]
             if len(level) == 1:
                 stage = level[0]
-                if stage.cache is not None or stage.runner is not None:
-                    # a cached or model stage is one coroutine anyway: await it directly
-                    value = await self._stage_coroutine(stage, request, results, ctx)
-                else:
+                if stage.plain:
                     value = self._start_plain_stage(stage, request, results, ctx)
                     if type(value) is Resumed:
                         value = await value
+                else:  # a cached or model stage is one coroutine anyway: await it directly
+                    value = await self._stage_coroutine(stage, request, results, ctx)
                 results[stage.spec.name] = value
             elif level:
                 rest = self._start_level(level, request, results, ctx)
@@ -219,7 +218,7 @@ class Pipeline:
         Tasks then. Returns what is left to await, or None when every stage finished.
         """
         for index, stage in enumerate(level):
-            if stage.cache is None and stage.runner is None:
+            if stage.plain:
                 value = self._start_plain_stage(stage, request, results, ctx)
             else:
                 value = _value_or_rest(self._stage_coroutine(stage, request, results, ctx))

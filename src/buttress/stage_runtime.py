@@ -82,6 +82,9 @@ class StageRuntime:
             self.batcher = Batcher(spec.batch, self.runner.run,
                                    observer=_BatchMetrics(metrics, self))
         self.last_traceback = -TRACEBACK_INTERVAL
+        self.plain = cache is None and self.runner is None
+        """A stage function with no cache and no model: the pipeline starts it with a plain
+        call; a cached or model stage runs as one coroutine."""
 
     def predict(self, rows: np.ndarray, deadline: float,
                 metrics: ServiceMetrics) -> Awaitable[np.ndarray]:
