@@ -400,6 +400,32 @@ async def test_v2_calls_count_as_model_calls_not_as_requests(
                                          {"service": "oip", "status": "200"}) == 0
 
 
+async def test_every_v2_inference_call_records_one_event(
+        model: Any, rows: np.ndarray, tmp_path: Path) -> None:
+    async with serving(make_service(failing_on_negative(model)), tmp_path) as (runtime, client):
+        infer = "/v2/models/regressor/infer"
+        calls = [
+            (infer, infer_body(np.abs(rows[:2])), {"x-request-id": "v2-ok"}),
+            (infer, b"{not json", {"x-request-id": "v2-bad"}),
+            ("/v2/models/nope/infer", infer_body(rows[:1]), {"x-request-id": "v2-unknown"}),
+            (infer, infer_body(rows[:1] - 1000), {"x-request-id": "v2-fails"}),
+        ]
+        for path, body, headers in calls:
+            await client.post(path, content=body, headers=headers)
+        runtime.events.flush()
+    events = [orjson.loads(line) for file in (tmp_path / "events").glob("*.jsonl")
+              for line in file.read_bytes().splitlines()]
+    seen = {e["request_id"]: (e["route"], e["status"], e["error_category"], e["model_version"])
+            for e in events}
+    assert len(events) == len(calls)  # one each, and no /predict events among them
+    assert seen == {
+        "v2-ok": (infer, 200, None, "v2"),
+        "v2-bad": (infer, 400, "input_invalid", ""),
+        "v2-unknown": ("/v2/models/nope/infer", 404, "input_invalid", ""),
+        "v2-fails": (infer, 500, "model_error", ""),
+    }
+
+
 # --- RemoteModel against real servers -------------------------------------------------------
 
 SERVICE = '''

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("buttress")
 
+PREDICT_ROUTE = "/predict"
+
 
 @dataclass(slots=True)
 class Answer:
@@ -225,17 +227,23 @@ class Runtime:
         return Answer(status, error_body(Category.INPUT_INVALID, message), ctx)
 
     def finish(self, ctx: RequestContext, status: int, seconds: float) -> None:
-        """Record the request's metrics and its one event."""
+        """Record a ``/predict`` request's metrics and its one event."""
         metrics = self.metrics
         metrics.requests.observe(status, seconds)
         for fallback in ctx.fallbacks:
             metrics.count_fallback(fallback.stage, fallback.category)
         for violation in ctx.violations:
             metrics.count_violation(violation.field, violation.kind)
+        self.record_event(ctx, status, seconds)
+
+    def record_event(self, ctx: RequestContext, status: int, seconds: float,
+                     route: str = PREDICT_ROUTE) -> None:
+        """Emit the one event of a served request (``route`` says which endpoint served it)."""
         event = {
             "ts": time.time(),
             "service": self.service.name,
             "request_id": ctx.request_id,
+            "route": route,
             "status": status,
             "latency_ms": as_ms(seconds),
             "model_version": ctx.model_version,

@@ -9,7 +9,9 @@ like ``/predict``; ``X-Deadline-Ms`` lowers the deadline the same way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,7 +20,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from buttress import __version__
+from buttress.categories import Category
+from buttress.context import AppliedFallback, RequestContext
 from buttress.http.body import read_body
+from buttress.http.request_ids import RequestIds
 from buttress.oip.codec import HEADER_LENGTH
 from buttress.oip.errors import OipError
 from buttress.oip.serving import PLATFORM, ServedModels
@@ -33,8 +38,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("buttress.oip")
 
 
+_CATEGORY_OF_STATUS = {
+    400: Category.INPUT_INVALID,
+    404: Category.INPUT_INVALID,
+    413: Category.INPUT_INVALID,
+    500: Category.MODEL_ERROR,
+    503: Category.MODEL_UNAVAILABLE,
+    504: Category.MODEL_TIMEOUT,
+}
+"""The category of an inference call's failure, from the status ``ServedModels`` gave it."""
+
+
 def oip_routes(runtime: Runtime) -> list[Route]:
     models = ServedModels(runtime)
+    ids = RequestIds()
     max_body = runtime.settings.max_body_bytes
 
     def is_ready() -> bool:
@@ -59,10 +76,34 @@ def oip_routes(runtime: Runtime) -> list[Route]:
         return _json({"name": request.path_params["name"], "ready": ok}, 200 if ok else 503)
 
     async def infer(request: Request) -> Response:
-        body = await _read_body(request, max_body)
-        deadline = runtime.deadline_for(request.headers.get("x-deadline-ms"))
-        answer, header_length = await models.infer(
-            *_model(request), body, request.headers.get(HEADER_LENGTH), deadline)
+        """An inference call, answered or refused, recorded as one event (its route says it
+        came through ``/v2``); it is not a ``/predict`` request, so not in their metrics."""
+        clock = time.perf_counter()
+        name, version = _model(request)
+        now = asyncio.get_running_loop().time()
+        budget = runtime.deadline_for(request.headers.get("x-deadline-ms"))
+        ctx = RequestContext(ids.pick(request.headers.get("x-request-id", "").encode()),
+                             now, now + budget)
+        status: int | None = None  # stays None if the call is cancelled: nothing was served
+        try:
+            body = await _read_body(request, max_body)
+            answer, header_length = await models.infer(
+                name, version, body, request.headers.get(HEADER_LENGTH), budget)
+            status = 200
+            ctx.model_version = models.stage(name, version).version
+        except OipError as error:
+            status = error.status
+            ctx.error = AppliedFallback(name, _CATEGORY_OF_STATUS.get(status, Category.INTERNAL),
+                                        error.message)
+            raise
+        except Exception as error:
+            status = 500
+            ctx.error = AppliedFallback(name, Category.INTERNAL, type(error).__name__)
+            raise
+        finally:
+            if status is not None:
+                runtime.record_event(ctx, status, time.perf_counter() - clock,
+                                     route=request.url.path)
         if header_length is None:
             return Response(answer, media_type="application/json")
         return Response(answer, media_type="application/octet-stream",

@@ -7,18 +7,15 @@ request id and deadline from headers, and write the answer with the buttress hea
 
 from __future__ import annotations
 
-import itertools
-import os
-import re
 from typing import TYPE_CHECKING, Any
 
 from buttress.http.body import read_body
+from buttress.http.request_ids import RequestIds
 from buttress.runtime import Answer
 
 if TYPE_CHECKING:
     from buttress.runtime import Runtime
 
-REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 JSON = (b"content-type", b"application/json")
 
 
@@ -26,10 +23,7 @@ class PredictEndpoint:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.max_body = runtime.settings.max_body_bytes
-        # Request ids: random per process, then a counter (cheaper than urandom per request,
-        # still unique across workers and replicas).
-        self._id_prefix = os.urandom(6).hex()
-        self._ids = itertools.count()
+        self._ids = RequestIds()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         request_id = deadline = None
@@ -39,12 +33,12 @@ class PredictEndpoint:
             if name == b"content-length":
                 declared_length = int(value) if value.isdigit() else 0
             elif name == b"x-request-id":
-                request_id = value if REQUEST_ID.match(value) else None
+                request_id = value
             elif name == b"x-deadline-ms":
                 deadline = value.decode("latin-1")
             elif name == b"cache-control":
                 bypass_cache = b"no-cache" in value or b"no-store" in value
-        rid = request_id.decode() if request_id else f"{self._id_prefix}{next(self._ids):012x}"
+        rid = self._ids.pick(request_id)
         runtime = self.runtime
         if scope["method"] != "POST":
             start, content = _messages(405, b'{"error":{"category":"input_invalid","message":'

@@ -8,8 +8,9 @@ built for Triton, KServe or MLServer expect. The call goes through the stage's b
 deadline and the stage's timeout, and counts in the stage's breaker.
 
 What is measured: the model latency histogram (per batch when batched, per call otherwise),
-the batch metrics and the breaker gauge. ``buttress_requests_total``, the request latency
-and the per-request events describe ``/predict`` only; ``/v2`` requests are not in them.
+the batch metrics and the breaker gauge; each inference call is one event (its ``route``
+names the ``/v2`` path, ``buttress.http.oip``). ``buttress_requests_total`` and the request
+latency histogram describe ``/predict`` only.
 
 Failures answer ``{"error": ...}``: 400 for a bad tensor, 404 for an unknown model or
 version, 500 when the model raises, 503 when its breaker is open or its queue is full, 504
