@@ -42,7 +42,7 @@ from buttress.runners import (
     RemoteUnavailable,
 )
 from buttress.runtime import Runtime
-from tests.servers import RunningServer, running_server
+from tests.servers import RunningServer, metric_value, running_server
 from tests.support import free_port, wait_for_port
 
 FEATURES = 8
@@ -264,6 +264,33 @@ async def test_v2_and_predict_rows_share_batches(model: Any, rows: np.ndarray,
             np.testing.assert_array_equal(outputs(response), expected[i:i + 1])
         for i, answer in enumerate(answers[8:], start=8):
             assert orjson.loads(answer.body) == {"prediction": expected[i]}
+
+
+async def test_batches_show_in_their_prometheus_metrics(model: Any, rows: np.ndarray,
+                                                       tmp_path: Path) -> None:
+    """Batch size, queue wait, queue depth and runner latency per model, as /metrics serves
+    them: 12 concurrent requests make one batch of 12 rows, and the queue ends empty."""
+    svc = make_service(model, batch=bt.Batch(max_size=64, max_wait="20ms", adaptive=False))
+    async with serving(svc, tmp_path) as (runtime, client):
+        batcher = runtime.pipeline.runtimes["regressor"].batcher
+        assert batcher is not None
+        before = batcher.stats()  # whatever start-up ran
+        await asyncio.gather(*(runtime.answer(orjson.dumps({"values": rows[i].tolist()}),
+                                              request_id=str(i)) for i in range(12)))
+        after = batcher.stats()
+        text = (await client.get("/metrics")).text
+    assert (after.batches - before.batches, after.rows - before.rows) == (1, 12)
+
+    def sample(name: str, **labels: str) -> float:
+        return metric_value(text, name, model="regressor", **labels)
+
+    assert sample("buttress_batch_size_rows_count") == after.batches
+    assert sample("buttress_batch_size_rows_sum") == after.rows
+    assert sample("buttress_batch_size_rows_bucket", le="8.0") == before.batches  # 12 > 8 rows
+    assert sample("buttress_batch_queue_wait_seconds_count") == after.batches
+    assert "buttress_batch_queue_rows{" in text
+    assert sample("buttress_batch_queue_rows") == 0
+    assert sample("buttress_model_latency_seconds_count", version="v2") == after.batches
 
 
 async def test_binary_tensors_from_tritonclient_are_understood(
