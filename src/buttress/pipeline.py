@@ -232,7 +232,7 @@ class Pipeline:
     async def _finish_level(self, name: str, suspended: Resumed[Any], rest: list[StageRuntime],
                             request: Any, results: dict[str, Any], ctx: RequestContext) -> None:
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._stage_value(stage, request, results, ctx))
+        tasks = [loop.create_task(self._stage_coroutine(stage, request, results, ctx))
                  for stage in rest]
         try:
             results[name] = await suspended
@@ -243,14 +243,6 @@ class Pipeline:
                 task.cancel()
             raise
 
-    async def _stage_value(self, stage: StageRuntime, request: Any, results: dict[str, Any],
-                           ctx: RequestContext) -> Any:
-        """A stage, its cache included, as a coroutine of its own (a Task when its level runs
-        concurrently)."""
-        if stage.cache is not None:
-            return await self._run_cached_stage(stage, request, results, ctx)
-        return await self._compute_stage(stage, request, results, ctx)
-
     def _arguments(self, spec: StageSpec, request: Any, results: dict[str, Any],
                    ctx: RequestContext) -> list[Any]:
         args = [request, *map(results.__getitem__, spec.dependencies)]
@@ -260,10 +252,23 @@ class Pipeline:
 
     def _stage_coroutine(self, stage: StageRuntime, request: Any, results: dict[str, Any],
                          ctx: RequestContext) -> Coroutine[Any, Any, Any]:
-        """A cached stage or a model stage, as the one coroutine it runs in."""
+        """The whole stage, its cache included, as one coroutine (a Task when its level runs
+        concurrently)."""
         if stage.cache is not None:
             return self._run_cached_stage(stage, request, results, ctx)
-        return self._run_model(stage, request, results, ctx)
+        return self._compute_stage(stage, request, results, ctx)
+
+    def _compute_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                       ctx: RequestContext) -> Coroutine[Any, Any, Any]:
+        """The stage without its cache (what its cache runs on a miss), as one coroutine."""
+        if stage.runner is not None:
+            return self._run_model(stage, request, results, ctx)
+        return self._plain_stage(stage, request, results, ctx)
+
+    async def _plain_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
+                           ctx: RequestContext) -> Any:
+        value = self._start_plain_stage(stage, request, results, ctx)
+        return await value if type(value) is Resumed else value
 
     def _start_plain_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
                            ctx: RequestContext) -> Any:
@@ -336,14 +341,6 @@ class Pipeline:
         stage.record_outcome(False, reached_batcher=True)
         ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
         return value
-
-    async def _compute_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
-                             ctx: RequestContext) -> Any:
-        """The stage's computation without its cache: what its cache runs on a miss."""
-        if stage.runner is not None:
-            return await self._run_model(stage, request, results, ctx)
-        value = self._start_plain_stage(stage, request, results, ctx)
-        return await value if type(value) is Resumed else value
 
     async def _run_cached_stage(self, stage: StageRuntime, request: Any,
                                 results: dict[str, Any], ctx: RequestContext) -> Any:
