@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from buttress.http.body import read_body
+from buttress.http.body import read_request_body
 
 if TYPE_CHECKING:
     from buttress.runtime import Runtime
@@ -29,9 +29,9 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _capped_body(request: Request, runtime: Runtime) -> bytes | None:
-    """The body, or None past ``max_body_bytes`` (read no further), as ``/predict`` does:
-    an admin token is no reason to hold an unbounded body in memory."""
-    return await read_body(request.receive, runtime.settings.max_body_bytes)
+    """The body, or None past ``max_body_bytes``, as ``/predict`` does: an admin token is no
+    reason to hold an unbounded body in memory."""
+    return await read_request_body(request, runtime.settings.max_body_bytes)
 
 
 def _too_large(runtime: Runtime) -> JSONResponse:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from buttress import __version__
 from buttress.categories import Category
 from buttress.context import AppliedFallback, RequestContext
-from buttress.http.body import read_body
+from buttress.http.body import read_request_body
 from buttress.http.request_ids import RequestIds
 from buttress.oip.codec import HEADER_LENGTH
 from buttress.oip.errors import OipError
@@ -143,9 +143,7 @@ def _answering(handler: Handler) -> Handler:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    body = None if declared.isdigit() and int(declared) > limit else await read_body(
-        request.receive, limit)
+    body = await read_request_body(request, limit)
     if body is None:
         raise OipError(413, f"body larger than {limit} bytes")
     return body
