@@ -212,11 +212,8 @@ class _Schema:
                     yield ContractViolation(_path((*loc, alias)), _label((*loc, alias)),
                                             "renamed", expected=name, received=alias)
 
-    def _unknown_keys(self, value: BaseModel) -> list[ContractViolation]:
+    def _unknown_keys(self, value: BaseModel) -> Iterator[ContractViolation]:
         """Report and drop keys the model does not declare (they must not reach a cache key)."""
-        return list(self._report_unknown_keys(value))
-
-    def _report_unknown_keys(self, value: BaseModel) -> Iterator[ContractViolation]:
         stack: list[tuple[tuple[str | int, ...], BaseModel]] = [((), value)]
         while stack:
             loc, obj = stack.pop()
