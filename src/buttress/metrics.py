@@ -136,8 +136,11 @@ class ServiceMetrics:
         self._in_flight.set(tally.in_flight)
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition for ``/metrics``, this worker's tally included."""
-        self.flush()
+        """The exposition for ``/metrics``, this worker's tally included. (A single-process
+        scrape flushes through ``_FlushFirst`` anyway; a multiprocess one reads the files
+        through a registry of its own, so this worker flushes first.)"""
+        if multiprocess_enabled():
+            self.flush()
         return render(self.registry)
 
     def count_fallback(self, stage: str, category: str) -> None:

@@ -17,9 +17,10 @@ How it runs, with no long-lived task and nothing created per item except its fut
   requests) to be joined by more, unless they already fill a batch or a deadline forces it.
   Flushing the moment the run ended let closed-loop clients settle into two halves that
   alternate, each a model call, and counting the iteration that answers a batch as waiting
-  time left less of ``max_wait`` for new requests to arrive: at 64 connections the tabular
-  bench's batches grew from 32 to 42 rows (run end) and to 60 (after the answers), 0.73x ->
-  0.80x -> ~0.92x the raw floor; the MLP's 0.81x -> 0.95x at 16 connections.
+  time left less of ``max_wait`` for new requests to arrive. ``bench/batching.py``, tabular
+  model at 64 connections: 32 rows a batch (flush at run end), 42-48 (wait from the run's
+  end), ~60 (wait from the answers); 0.73x -> 0.80x -> 0.93-0.94x the raw batcher
+  (docs/performance.md).
 * A batch takes items in arrival order while they fit in ``max_size`` rows. An item bigger
   than ``max_size`` runs alone as its own batch, whole: splitting it would only add runs, as a
   model call's cost barely grows with rows.
