@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from buttress.config import Settings
-    from buttress.runtime import Runtime
+    from buttress.pipeline.runtime import Runtime
     from buttress.service import Service
 
 MACHINE_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 
 import buttress as bt
-from buttress.breaker import BreakerState
-from buttress.runtime import Answer
+from buttress.pipeline.runtime import Answer
+from buttress.resilience.breaker import BreakerState
 
 
 class Item(bt.Input):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from buttress.breaker import Breaker, BreakerState, CircuitBreaker
+from buttress.resilience.breaker import Breaker, BreakerState, CircuitBreaker
 from tests.support import FakeClock
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN

@@ -13,7 +13,7 @@ import pytest
 
 from buttress.backends import Connections
 from buttress.cache import MISS, Cache, CacheStatus, ResponseCache
-from buttress.categories import Category
+from buttress.resilience.categories import Category
 from tests.support import MACHINE_REDIS_URL, FakeClock, unique_prefix
 
 BACKENDS = {

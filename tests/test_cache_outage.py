@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from buttress.backends import Connections
-from buttress.breaker import Breaker
 from buttress.cache import MISS, Cache, CacheStatus, CacheUnavailable, ResponseCache
-from buttress.categories import Category
+from buttress.resilience.breaker import Breaker
+from buttress.resilience.categories import Category
 from tests.support import FakeClock, PrivateRedis, unique_prefix
 from tests.test_cache_contract import RecordingObserver
 

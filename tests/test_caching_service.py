@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 import buttress as bt
-from buttress.runtime import Answer, Runtime
+from buttress.pipeline.runtime import Answer, Runtime
 from tests.services.cached_service import (
     FEATURES_FALLBACK,
     MODEL_FALLBACK,

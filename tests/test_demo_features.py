@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from buttress.config import Settings
-from buttress.runtime import Runtime
+from buttress.pipeline.runtime import Runtime
 from examples.discount.service import EXAMPLE, svc
 from tests.support import PrivateRedis, started
 

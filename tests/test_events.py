@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from buttress.events import EventLog, JsonlSink, MemorySink
+from buttress.observability.events import EventLog, JsonlSink, MemorySink
 
 
 def _lines(directory: Path) -> list[dict[str, object]]:

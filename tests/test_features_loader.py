@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from buttress.cli.features import app
 from buttress.features import (
     FeatureLookup,
     FeatureStore,
@@ -20,7 +21,6 @@ from buttress.features import (
     load_file,
     load_into,
 )
-from buttress.features.cli import app
 from tests.test_features_store import BACKENDS, USER, backend_url, open_store
 
 DATA = Path(__file__).parent / "data" / "features"

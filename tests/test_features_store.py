@@ -17,13 +17,13 @@ from redis.asyncio import Redis
 
 from buttress.backends import Connections
 from buttress.backends.redis import namespaced_key
-from buttress.categories import Category
 from buttress.features import (
     FeatureLookup,
     FeatureStore,
     FeatureStoreUnavailable,
     FeatureTable,
 )
+from buttress.resilience.categories import Category
 from tests.support import MACHINE_REDIS_URL, PrivateRedis, evalsha_calls, unique_prefix
 
 USER = FeatureTable(

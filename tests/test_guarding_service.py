@@ -23,10 +23,10 @@ import orjson
 import pytest
 
 import buttress as bt
-import buttress.guarding
+import buttress.pipeline.guardrail_gate
 from buttress.guardrails import Decision, Guardrails
 from buttress.guardrails.policy import UNITS, FailPolicy
-from buttress.runtime import Answer, Runtime
+from buttress.pipeline.runtime import Answer, Runtime
 from tests.services.guarded_service import (
     COUNT_GUARDRAIL,
     DEFAULT_GRANT,
@@ -260,12 +260,12 @@ async def test_concurrent_requests_are_batched_and_never_overshoot(backend: Serv
 
 async def test_usage_gauges_follow_the_budget_for_the_top_keys_only(
         backend: ServiceBackend, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(buttress.guarding, "USAGE_REFRESH_SECONDS", 0.05)
+    monkeypatch.setattr(buttress.pipeline.guardrail_gate, "USAGE_REFRESH_SECONDS", 0.05)
     declared = guarded_service(backend.name("gauges"), [per_user_count(3), value_sum(100)])
     async with started(declared.svc, backend.settings()) as runtime:
         for _ in range(3):
             await claim(runtime, "hot", 2)
-        for user in range(buttress.guarding.TOP_KEYS + 2):
+        for user in range(buttress.pipeline.guardrail_gate.TOP_KEYS + 2):
             await claim(runtime, f"cold-{user}", 1)
         registry, service = runtime.metrics.registry, runtime.service.name
 
@@ -284,7 +284,7 @@ async def test_usage_gauges_follow_the_budget_for_the_top_keys_only(
                 if metric.name == "buttress_guardrail_budget_used"
                 for s in metric.samples if s.labels["guardrail"] == COUNT_GUARDRAIL}
         assert "hot" in keys
-        assert len(keys) == buttress.guarding.TOP_KEYS
+        assert len(keys) == buttress.pipeline.guardrail_gate.TOP_KEYS
 
 
 async def test_a_refusal_reuses_the_requests_stage_results(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from buttress.backends import Connections
-from buttress.categories import Category
 from buttress.guardrails import FixedWindow, Guardrail, Guardrails, SlidingWindow
 from buttress.guardrails.memory import MemoryStore
+from buttress.resilience.categories import Category
 from tests.support import FakeClock, unique_prefix
 
 Order = dict[str, Any]

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from buttress.categories import Category
 from buttress.guardrails import (
     Decision,
     FixedWindow,
@@ -16,6 +15,7 @@ from buttress.guardrails import (
     warn_if_per_process,
 )
 from buttress.guardrails.policy import UNITS, to_units
+from buttress.resilience.categories import Category
 
 
 def discount_value(request: object, prediction: float) -> float:

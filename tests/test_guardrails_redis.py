@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from buttress.backends import Connections
-from buttress.breaker import Breaker
-from buttress.categories import Category
 from buttress.guardrails import FixedWindow, Guardrails, SlidingWindow
+from buttress.resilience.breaker import Breaker
+from buttress.resilience.categories import Category
 from tests.support import PrivateRedis, unique_prefix
 
 pytestmark = pytest.mark.redis

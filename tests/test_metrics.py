@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from buttress.metrics import LATENCY_BUCKETS, ServiceMetrics
+from buttress.observability.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 LATENCIES = [0.0, 0.0005, 0.0007, 0.001, 0.003, 0.05, 0.25, 7.0, 11.0, 1e-9]
 

@@ -34,6 +34,7 @@ from buttress.oip.codec import (
     parse_request,
     parse_response,
 )
+from buttress.pipeline.runtime import Runtime
 from buttress.runners import (
     RemoteError,
     RemoteModel,
@@ -41,7 +42,6 @@ from buttress.runners import (
     RemoteTimeout,
     RemoteUnavailable,
 )
-from buttress.runtime import Runtime
 from tests.servers import RunningServer, metric_value, running_server
 from tests.support import free_port, wait_for_port
 

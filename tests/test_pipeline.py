@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 import buttress as bt
-from buttress.context import AppliedFallback
-from buttress.events import MemorySink
-from buttress.runtime import Answer, Runtime
+from buttress.observability.events import MemorySink
+from buttress.pipeline.context import AppliedFallback
+from buttress.pipeline.runtime import Answer, Runtime
 
 FEATURES_MISSING = bt.Category.FEATURES_MISSING
 FEATURES_UNAVAILABLE = bt.Category.FEATURES_UNAVAILABLE

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 import buttress as bt
-from buttress.runtime import YOUNG_COLLECTION_THRESHOLD
+from buttress.pipeline.runtime import YOUNG_COLLECTION_THRESHOLD
 from examples.discount.service import EXAMPLE, svc
 from tests.support import started
 

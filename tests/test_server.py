@@ -24,7 +24,7 @@ import httpx
 import orjson
 import pytest
 
-from buttress.metrics import FLUSH_INTERVAL
+from buttress.observability.metrics import FLUSH_INTERVAL
 from tests.servers import (
     DEMO,
     FAULTY,

@@ -1,4 +1,4 @@
-"""``buttress.stepping``: a coroutine stepped once keeps running in the task that stepped it."""
+"""``buttress.pipeline.stepping``: a stepped coroutine keeps running in the task that stepped it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from buttress.stepping import Finished, Resumed, first_step
+from buttress.pipeline.stepping import Finished, Resumed, first_step
 
 
 async def returns_at_once(value: int) -> int:

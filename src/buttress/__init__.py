@@ -9,16 +9,16 @@
 __version__ = "0.1.0"
 
 from buttress.batching import Batch
-from buttress.breaker import Breaker
 from buttress.cache import Cache
-from buttress.categories import Category
 from buttress.config import Settings, load_settings
-from buttress.context import RequestContext
 from buttress.features import FeatureStore, FeatureTable
 from buttress.guardrails import FixedWindow, SlidingWindow
 from buttress.interface import ContractViolation, Input, Output, field
+from buttress.pipeline.context import RequestContext
+from buttress.pipeline.runtime import Runtime
+from buttress.resilience.breaker import Breaker
+from buttress.resilience.categories import Category
 from buttress.runners import RemoteModel
-from buttress.runtime import Runtime
 from buttress.service import Service
 from buttress.stages import NO_FALLBACK
 

@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 from buttress.backends import parse_backend_url
-from buttress.durations import seconds
+from buttress.resilience.durations import seconds
 
 DEFAULT_CONFIG_FILE = "buttress.toml"
 

@@ -2,7 +2,7 @@
 
 A service is a declaration (input and output models, stages, a model, a responder, startup
 hooks). It holds no running state: :meth:`Service.build` makes a
-:class:`~buttress.runtime.Runtime` from it and a :class:`~buttress.config.Settings`, so the
+:class:`~buttress.pipeline.runtime.Runtime` from it and a :class:`~buttress.config.Settings`, so the
 same declaration can be built twice in one process (two apps, two tests).
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from buttress.breaker import Breaker
-from buttress.categories import Category
-from buttress.durations import Duration
 from buttress.interface import Input, Output
+from buttress.resilience.breaker import Breaker
+from buttress.resilience.categories import Category
+from buttress.resilience.durations import Duration
 from buttress.stages import (
     MODEL_CATEGORIES,
     NO_FALLBACK,
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from buttress.cache import Cache
     from buttress.config import Settings
     from buttress.guardrails.policy import Guardrail
-    from buttress.runtime import Runtime
+    from buttress.pipeline.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[["Runtime"], Awaitable[None]]
@@ -176,7 +176,7 @@ class Service:
 
     def build(self, settings: Settings | None = None) -> Runtime:
         from buttress.config import Settings
-        from buttress.runtime import Runtime
+        from buttress.pipeline.runtime import Runtime
 
         self.check()
         return Runtime(self, settings or Settings())

@@ -2,9 +2,9 @@
 
 A stage is a function whose first parameter receives the validated input; every further
 parameter names an earlier stage whose result it needs (or is called ``ctx`` to receive the
-:class:`~buttress.context.RequestContext`). Dependencies are read from the signature, the way
-pytest reads fixtures, so the order of stages is derived, not declared twice, and stages with
-no dependency between them run concurrently.
+:class:`~buttress.pipeline.context.RequestContext`). Dependencies are read from the
+signature, the way pytest reads fixtures, so the order of stages is derived, not declared
+twice, and stages with no dependency between them run concurrently.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from buttress.breaker import Breaker
-from buttress.categories import Category
-from buttress.durations import Duration, seconds
+from buttress.resilience.breaker import Breaker
+from buttress.resilience.categories import Category
+from buttress.resilience.durations import Duration, seconds
 
 if TYPE_CHECKING:
     from buttress.batching import Batch

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from buttress.durations import seconds
+from buttress.resilience.durations import seconds
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from buttress.categories import Category
+from buttress.resilience.categories import Category
 
 
 class QueueFull(Exception):

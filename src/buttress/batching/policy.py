@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from buttress.durations import Duration, seconds
+from buttress.resilience.durations import Duration, seconds
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import TypeVar
 
-from buttress.breaker import CircuitBreaker
 from buttress.cache.outcomes import CacheObserver, CacheStats, CacheUnavailable
-from buttress.categories import Category
+from buttress.resilience.breaker import CircuitBreaker
+from buttress.resilience.categories import Category
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, NamedTuple, Protocol
 
-from buttress.categories import Category
+from buttress.resilience.categories import Category
 
 
 class Missing(Enum):

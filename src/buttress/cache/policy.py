@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from buttress.backends import parse_backend_url
-from buttress.breaker import Breaker
-from buttress.durations import Duration, seconds
+from buttress.resilience.breaker import Breaker
+from buttress.resilience.durations import Duration, seconds
 
 DEFAULT_LOCK = "1s"
 

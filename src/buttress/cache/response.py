@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from buttress.backends import Connections, parse_backend_url
-from buttress.breaker import Breaker
 from buttress.cache.failopen import FAILED, FailOpen
 from buttress.cache.keys import KeyHasher
 from buttress.cache.memory import MemoryStore
@@ -36,7 +35,8 @@ from buttress.cache.redis import RedisStore
 from buttress.cache.singleflight import SingleFlight
 from buttress.cache.store import LockingStore, Store, Write
 from buttress.cache.values import decode_value, encode_value
-from buttress.categories import Category
+from buttress.resilience.breaker import Breaker
+from buttress.resilience.categories import Category
 
 Compute = Callable[[], Awaitable[tuple[Any, bool]]]
 """``async () -> (value, cacheable)``."""

@@ -20,8 +20,8 @@ from types import MappingProxyType
 from typing import Protocol
 
 from buttress.backends import BackendURL, Connections, parse_backend_url
-from buttress.categories import Category
 from buttress.features.table import EntityId, FeatureTable, Value
+from buttress.resilience.categories import Category
 
 DEFAULT_NAMESPACE = "default"
 

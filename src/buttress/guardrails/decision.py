@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from buttress.categories import Category
+from buttress.resilience.categories import Category
 
 Check = tuple[int, "str | None", int]
 """``(guardrail index, key or None when global, cost in units > 0)``."""

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from buttress.backends import parse_backend_url
-from buttress.breaker import Breaker, CircuitBreaker
 from buttress.guardrails.decision import (
     ADMITTED,
     Check,
@@ -34,6 +33,7 @@ from buttress.guardrails.decision import (
 )
 from buttress.guardrails.memory import MemoryStore
 from buttress.guardrails.policy import UNITS, Guardrail, to_units
+from buttress.resilience.breaker import Breaker, CircuitBreaker
 
 if TYPE_CHECKING:
     from buttress.backends import Connections

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from buttress.durations import Duration, seconds
+from buttress.resilience.durations import Duration, seconds
 
 Measure = Callable[[Any, Any], float]
 """``(request, prediction) -> cost``; ``None`` in a declaration means each request costs 1."""

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from buttress.http.body import read_request_body
 
 if TYPE_CHECKING:
-    from buttress.runtime import Runtime
+    from buttress.pipeline.runtime import Runtime
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

@@ -17,7 +17,7 @@ from buttress.http.openapi import build_openapi
 from buttress.http.predict import PredictEndpoint
 
 if TYPE_CHECKING:
-    from buttress.runtime import Runtime
+    from buttress.pipeline.runtime import Runtime
 
 
 class ButtressApp:

@@ -2,7 +2,7 @@
 
 Health follows the runtime (``/v2/health/ready`` is ``/readyz``: 503 while starting or
 draining; the protocol says a 4xx, but every client checks for 200 and load balancers expect
-503). Models are the service's model stages; see :mod:`buttress.oip.serving` for what an
+503). Models are the service's model stages; see :mod:`buttress.pipeline.served_models` for what an
 inference does and which status each failure gets. Bodies are capped at ``max_body_bytes``
 like ``/predict``; ``X-Deadline-Ms`` lowers the deadline the same way.
 """
@@ -20,18 +20,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from buttress import __version__
-from buttress.categories import Category
-from buttress.context import AppliedFallback, RequestContext
 from buttress.http.body import read_request_body
 from buttress.http.request_ids import RequestIds
 from buttress.oip.codec import HEADER_LENGTH
 from buttress.oip.errors import OipError
-from buttress.oip.serving import PLATFORM, ServedModels
+from buttress.pipeline.context import AppliedFallback, RequestContext
+from buttress.pipeline.served_models import PLATFORM, ServedModels
+from buttress.resilience.categories import Category
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from buttress.runtime import Runtime
+    from buttress.pipeline.runtime import Runtime
 
     Handler = Callable[[Request], Awaitable[Response]]
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic.json_schema import models_json_schema
 
 from buttress import __version__
-from buttress.categories import Category
+from buttress.resilience.categories import Category
 
 if TYPE_CHECKING:
     from buttress.service import Service

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from buttress.http.body import read_body
 from buttress.http.request_ids import RequestIds
-from buttress.runtime import Answer
+from buttress.pipeline.runtime import Answer
 
 if TYPE_CHECKING:
-    from buttress.runtime import Runtime
+    from buttress.pipeline.runtime import Runtime
 
 JSON = (b"content-type", b"application/json")
 

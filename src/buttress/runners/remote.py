@@ -33,13 +33,13 @@ from typing import ClassVar
 import httpx
 import numpy as np
 
-from buttress.breaker import Breaker, CircuitBreaker
-from buttress.categories import Category
-from buttress.durations import Duration, seconds
 from buttress.oip.client import OipClient
 from buttress.oip.codec import TensorError
 from buttress.oip.errors import OipError
 from buttress.oip.types import dtype_of
+from buttress.resilience.breaker import Breaker, CircuitBreaker
+from buttress.resilience.categories import Category
+from buttress.resilience.durations import Duration, seconds
 from buttress.runners.types import Signature, one_per_row
 
 _REQUEST_FAULTS = frozenset({400, 422})

@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from buttress.cli.targets import TargetError, load_object
 from buttress.features.loader import LoadError, LoadReport, load_file
 from buttress.features.store import DEFAULT_NAMESPACE, FeatureStoreUnavailable
 from buttress.features.table import FeatureTable, Value
-from buttress.targets import TargetError, load_object
 
 app = typer.Typer(help="Feature store: load features from CSV or Parquet files.")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from buttress.categories import Category
 from buttress.interface import ContractViolation
+from buttress.resilience.categories import Category
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
-log = logging.getLogger("buttress.events")
+log = logging.getLogger("buttress.observability.events")
 
 Event = dict[str, Any]
 

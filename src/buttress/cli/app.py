@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
+from buttress.cli.features import app as features_app
 from buttress.config import ConfigError, Settings, load_settings
-from buttress.features.cli import app as features_app
 
 app = typer.Typer(
     name="buttress", no_args_is_help=True, add_completion=False,
@@ -42,8 +42,8 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Serve a prediction service over HTTP."""
-    from buttress.server import serve as run_server
-    from buttress.targets import TargetError
+    from buttress.cli.server import serve as run_server
+    from buttress.cli.targets import TargetError
 
     try:
         settings = load_settings(config, host=host, port=port, workers=workers)
@@ -60,7 +60,7 @@ def _demo_target() -> str:
     """The demo service: under the current directory, else next to this source checkout."""
     from pathlib import Path
 
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
         path = root / DEMO_TARGET.split(":")[0]
         if path.is_file():
             return f"{path}:svc"
@@ -79,8 +79,8 @@ def demo(
     config: ConfigOption = None,
 ) -> None:
     """Run the discount demo on embedded defaults (no server to install)."""
-    from buttress.server import serve as run_server
-    from buttress.targets import TargetError
+    from buttress.cli.server import serve as run_server
+    from buttress.cli.targets import TargetError
 
     try:
         settings = load_settings(config, host=host, port=port, backend=redis)
@@ -103,7 +103,7 @@ def _serve_with_traffic(target: str, settings: Settings) -> None:
     """The server in a child process, the traffic and its live display in this one."""
     import subprocess
 
-    from buttress.server import ensure_port_free, wait_until_ready
+    from buttress.cli.server import ensure_port_free, wait_until_ready
     from buttress.traffic_display import run_traffic
 
     ensure_port_free(settings.host, settings.port)
@@ -130,5 +130,3 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
-    main()

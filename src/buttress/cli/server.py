@@ -17,11 +17,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from buttress.cli.targets import TargetError, load_object
 from buttress.config import Settings, load_settings
 from buttress.guardrails import warn_if_per_process
-from buttress.metrics import MULTIPROCESS_ENV, prepare_multiprocess_dir
+from buttress.observability.metrics import MULTIPROCESS_ENV, prepare_multiprocess_dir
 from buttress.service import Service
-from buttress.targets import TargetError, load_object
 
 TARGET_ENV = "BUTTRESS_SERVE_TARGET"
 CONFIG_ENV = "BUTTRESS_SERVE_CONFIG"
@@ -132,7 +132,7 @@ def serve(target: str, settings: Settings, config_file: str | None = None) -> No
     import uvicorn
 
     uvicorn.run(
-        "buttress.server:app_from_environment", factory=True, workers=settings.workers,
+        "buttress.cli.server:app_from_environment", factory=True, workers=settings.workers,
         host=settings.host, port=settings.port, log_level=settings.log_level,
         access_log=False, loop="uvloop", http="httptools", lifespan="on", server_header=False,
         timeout_graceful_shutdown=int(settings.drain_timeout))

@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING
 import orjson
 
 from buttress.backends import Connections
-from buttress.categories import Category
-from buttress.context import AppliedFallback, RequestContext
-from buttress.durations import as_ms
-from buttress.events import EventLog, EventSink, JsonlSink
 from buttress.interface import ContractViolation, InputRejected
-from buttress.metrics import (
+from buttress.observability.events import EventLog, EventSink, JsonlSink
+from buttress.observability.metrics import (
     FLUSH_INTERVAL,
     ServiceMetrics,
     mark_worker_dead,
     multiprocess_enabled,
 )
-from buttress.pipeline import Pipeline, StageFailed
+from buttress.pipeline.context import AppliedFallback, RequestContext
+from buttress.pipeline.engine import Pipeline, StageFailed
+from buttress.resilience.categories import Category
+from buttress.resilience.durations import as_ms
 
 if TYPE_CHECKING:
     from buttress.config import Settings

@@ -14,7 +14,7 @@ happen. So an :class:`Input` model is validated in two tiers:
   path are fatal and reported together (422). pydantic-core's ``on_error='default'`` would do
   the substitution silently; the record is the point, so we re-validate the patched document.
 
-This module and its helpers (:mod:`buttress.contract`, :mod:`buttress.input_schema`)
+This module and its helpers (:mod:`buttress.interface.contract`, :mod:`buttress.interface.schema`)
 depend on pydantic only.
 """
 
@@ -28,8 +28,8 @@ from annotated_types import MaxLen
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticUndefined
 
-from buttress.contract import ContractViolation, InputRejected, ParsedInput
-from buttress.input_schema import schema_of
+from buttress.interface.contract import ContractViolation, InputRejected, ParsedInput
+from buttress.interface.schema import schema_of
 
 __all__ = ["ContractViolation", "Input", "InputRejected", "Output", "ParsedInput", "field"]
 

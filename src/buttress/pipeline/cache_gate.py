@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from buttress.cache import Cache, CacheStatus, ResponseCache
-from buttress.categories import Category
-from buttress.context import AppliedFallback, RequestContext
+from buttress.pipeline.context import AppliedFallback, RequestContext
+from buttress.resilience.categories import Category
 
 if TYPE_CHECKING:
-    from buttress.metrics import ServiceMetrics
+    from buttress.observability.metrics import ServiceMetrics
 
 HARMLESS = frozenset({Category.CACHE_UNAVAILABLE, Category.INPUT_CONTRACT})
 """Categories that do not make an answer unfit to cache."""

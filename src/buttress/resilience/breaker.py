@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from buttress.durations import Duration, seconds
+from buttress.resilience.durations import Duration, seconds
 
 
 class BreakerState(StrEnum):

@@ -8,7 +8,7 @@ Cost matters here (PERFORMANCE.md): a synchronous stage runs inline (keep them c
 blocking work belongs in an async stage or the model); an async stage is stepped in the
 request's task first and gets a timer (the smaller of its own timeout and the request's
 deadline) only if it suspends; stages of a level become Tasks only once one of them
-suspends (``buttress.stepping`` says why that is safe).
+suspends (``buttress.pipeline.stepping`` says why that is safe).
 """
 
 from __future__ import annotations
@@ -22,25 +22,25 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from buttress.batching import BatcherClosed, QueueFull
-from buttress.caching import CachedComputation
-from buttress.categories import Category
-from buttress.context import AppliedFallback, RequestContext
-from buttress.durations import as_ms
-from buttress.guarding import GuardrailGate
 from buttress.guardrails import Guardrails
 from buttress.interface import Output, ParsedInput
+from buttress.pipeline.cache_gate import CachedComputation
+from buttress.pipeline.context import AppliedFallback, RequestContext
+from buttress.pipeline.guardrail_gate import GuardrailGate
+from buttress.pipeline.stage import TRACEBACK_INTERVAL, StageRuntime
+from buttress.pipeline.stepping import Finished, Resumed, first_step
+from buttress.resilience.categories import Category
+from buttress.resilience.durations import as_ms
 from buttress.runners import RemoteUnavailable
-from buttress.stage_runtime import TRACEBACK_INTERVAL, StageRuntime
 from buttress.stages import StageSpec, order_in_levels
-from buttress.stepping import Finished, Resumed, first_step
 
 if TYPE_CHECKING:
     from buttress.backends import Connections
     from buttress.cache import Cache
-    from buttress.metrics import ServiceMetrics
+    from buttress.observability.metrics import ServiceMetrics
     from buttress.service import Service
 
-log = logging.getLogger("buttress.pipeline")
+log = logging.getLogger("buttress.pipeline.engine")
 
 
 _NOT_BUILT: Any = object()

@@ -23,11 +23,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from buttress.backends.coalesce import TickBatcher
-from buttress.categories import Category
 from buttress.guardrails import Decision, Guardrails
+from buttress.resilience.categories import Category
 
 if TYPE_CHECKING:
-    from buttress.metrics import ServiceMetrics
+    from buttress.observability.metrics import ServiceMetrics
 
 log = logging.getLogger("buttress.guardrails")
 

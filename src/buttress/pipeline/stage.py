@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from buttress.batching import Batcher, BatchObserver
-from buttress.breaker import BreakerState, CircuitBreaker
+from buttress.resilience.breaker import BreakerState, CircuitBreaker
 from buttress.runners import Runner, as_runner
 
 if TYPE_CHECKING:
-    from buttress.caching import CachedComputation
-    from buttress.metrics import ServiceMetrics
+    from buttress.observability.metrics import ServiceMetrics
+    from buttress.pipeline.cache_gate import CachedComputation
     from buttress.stages import StageSpec
 
 TRACEBACK_INTERVAL = 10.0

@@ -15,7 +15,7 @@ from pydantic import AliasChoices, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import from_json
 
-from buttress.contract import ContractViolation, InputRejected, ParsedInput
+from buttress.interface.contract import ContractViolation, InputRejected, ParsedInput
 
 
 def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:

@@ -32,8 +32,8 @@ from buttress.oip.types import DATATYPES, datatype_of
 from buttress.runners import Described, RemoteUnavailable, Signature
 
 if TYPE_CHECKING:
-    from buttress.runtime import Runtime
-    from buttress.stage_runtime import StageRuntime
+    from buttress.pipeline.runtime import Runtime
+    from buttress.pipeline.stage import StageRuntime
 
 log = logging.getLogger("buttress.oip")
 

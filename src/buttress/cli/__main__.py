@@ -1,0 +1,3 @@
+from buttress.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""What a running service tells about itself: Prometheus metrics and structured events."""

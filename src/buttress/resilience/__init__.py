@@ -1,0 +1,1 @@
+"""The rules every stage follows: error categories, circuit breakers, durations, deadlines."""
