@@ -18,6 +18,7 @@ import buttress as bt
 from buttress.observability.events import MemorySink
 from buttress.pipeline.context import AppliedFallback
 from buttress.pipeline.runtime import Answer, Runtime
+from buttress.resilience.deadline import InvalidDeadline
 
 FEATURES_MISSING = bt.Category.FEATURES_MISSING
 FEATURES_UNAVAILABLE = bt.Category.FEATURES_UNAVAILABLE
@@ -500,12 +501,20 @@ async def test_warm_up_is_neither_counted_nor_logged(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("header", "expected"), [
-    (None, 0.25), ("100", 0.1), ("1500", 1.5), ("600000", 2.0), ("soon", 0.25), ("-5", 0.0),
+    (None, 0.25), ("", 0.25), ("100", 0.1), ("1500", 1.5), ("600000", 2.0), ("0", 0.0),
+    ("0.5", 0.0005),
 ])
 async def test_deadline_header_lowers_and_is_capped(tmp_path: Path, header: str | None,
                                                     expected: float) -> None:
     async with serving(echo_service(), tmp_path, deadline="250ms", max_deadline="2s") as h:
         assert h.runtime.deadline_for(header) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("header", ["soon", "-5", "inf", "-inf", "NaN", "1e400", "0x10"])
+async def test_a_malformed_deadline_header_is_refused(tmp_path: Path, header: str) -> None:
+    async with serving(echo_service(), tmp_path) as h:
+        with pytest.raises(InvalidDeadline, match="X-Deadline-Ms"):
+            h.runtime.deadline_for(header)
 
 
 # --- declaration errors -----------------------------------------------------------------------

@@ -244,10 +244,13 @@ def test_deadline_header_of_0ms_times_the_model_out(client: httpx.Client) -> Non
     assert elapsed < 0.5
 
 
-def test_unparsable_deadline_header_keeps_the_configured_deadline(client: httpx.Client) -> None:
-    response = client.post("/predict", json=ORDER, headers={"X-Deadline-Ms": "soon"})
-    assert response.status_code == 200
-    assert "x-fallback" not in response.headers
+@pytest.mark.parametrize("header", ["soon", "inf", "NaN", "-5", "1e400"])
+def test_a_malformed_deadline_header_is_a_400(client: httpx.Client, header: str) -> None:
+    response = client.post("/predict", json=ORDER, headers={"X-Deadline-Ms": header})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["category"] == "input_invalid"
+    assert "X-Deadline-Ms" in error["message"]
 
 
 def test_get_on_predict_is_405(client: httpx.Client) -> None:

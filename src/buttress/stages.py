@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from buttress.resilience.breaker import Breaker
 from buttress.resilience.categories import Category
 from buttress.resilience.durations import Duration, seconds
+from buttress.resilience.failures import Failure
 
 if TYPE_CHECKING:
     from buttress.batching import Batch
@@ -45,6 +46,12 @@ class StageCategories:
     @classmethod
     def single(cls, category: Category) -> StageCategories:
         return cls(category, category, category)
+
+    def of(self, failure: Failure) -> Category:
+        """The category of a failure of this kind at this stage."""
+        if failure is Failure.TIMEOUT:
+            return self.timeout
+        return self.unavailable if failure is Failure.UNAVAILABLE else self.error
 
 
 MODEL_CATEGORIES = StageCategories(

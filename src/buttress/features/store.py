@@ -31,8 +31,6 @@ Row = tuple[EntityId, Mapping[str, object]]
 class FeatureStoreUnavailable(Exception):
     """The feature store failed or timed out; serve defaults (``features_unavailable``)."""
 
-    category = Category.FEATURES_UNAVAILABLE
-
 
 @dataclass(slots=True)
 class FeatureLookup:

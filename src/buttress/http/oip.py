@@ -24,9 +24,12 @@ from buttress.http.body import read_request_body
 from buttress.http.request_ids import RequestIds
 from buttress.oip.codec import HEADER_LENGTH
 from buttress.oip.errors import OipError
-from buttress.pipeline.context import AppliedFallback, RequestContext
+from buttress.pipeline.context import RequestContext
 from buttress.pipeline.served_models import PLATFORM, ServedModels
+from buttress.pipeline.stage import StageFailed
 from buttress.resilience.categories import Category
+from buttress.resilience.deadline import InvalidDeadline
+from buttress.resilience.failures import Failure
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -38,15 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("buttress.oip")
 
 
-_CATEGORY_OF_STATUS = {
-    400: Category.INPUT_INVALID,
-    404: Category.INPUT_INVALID,
-    413: Category.INPUT_INVALID,
-    500: Category.MODEL_ERROR,
-    503: Category.MODEL_UNAVAILABLE,
-    504: Category.MODEL_TIMEOUT,
-}
-"""The category of an inference call's failure, from the status ``ServedModels`` gave it."""
+_STATUS_OF_FAILURE = {Failure.ERROR: 500, Failure.UNAVAILABLE: 503, Failure.TIMEOUT: 504}
+"""The status of a model call's failure, by its kind (its category comes with it)."""
 
 
 def oip_routes(runtime: Runtime) -> list[Route]:
@@ -81,7 +77,10 @@ def oip_routes(runtime: Runtime) -> list[Route]:
         clock = time.perf_counter()
         name, version = _model(request)
         now = asyncio.get_running_loop().time()
-        budget = runtime.deadline_for(request.headers.get("x-deadline-ms"))
+        try:
+            budget = runtime.deadline_for(request.headers.get("x-deadline-ms"))
+        except InvalidDeadline as invalid:
+            raise OipError(400, str(invalid)) from None
         ctx = RequestContext(ids.pick(request.headers.get("x-request-id", "").encode()),
                              now, now + budget)
         status: int | None = None  # stays None if the call is cancelled: nothing was served
@@ -93,12 +92,16 @@ def oip_routes(runtime: Runtime) -> list[Route]:
             ctx.model_version = models.stage(name, version).version
         except OipError as error:
             status = error.status
-            ctx.error = AppliedFallback(name, _CATEGORY_OF_STATUS.get(status, Category.INTERNAL),
-                                        error.message)
+            ctx.fail(name, Category.INPUT_INVALID if status < 500 else Category.MODEL_ERROR,
+                     error.message)
             raise
+        except StageFailed as failed:
+            status = _STATUS_OF_FAILURE[failed.failure]
+            ctx.fail(name, failed.category, str(failed))
+            raise OipError(status, str(failed)) from None
         except Exception as error:
             status = 500
-            ctx.error = AppliedFallback(name, Category.INTERNAL, type(error).__name__)
+            ctx.fail(name, Category.INTERNAL, type(error).__name__)
             raise
         finally:
             if status is not None:

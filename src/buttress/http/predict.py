@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from buttress.http.body import read_body
 from buttress.http.request_ids import RequestIds
 from buttress.pipeline.runtime import Answer
+from buttress.resilience.deadline import InvalidDeadline
 
 if TYPE_CHECKING:
     from buttress.pipeline.runtime import Runtime
@@ -53,9 +54,13 @@ class PredictEndpoint:
             if body is None:
                 answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
             else:
-                answer = await runtime.answer(body, request_id=rid,
-                                              deadline_s=runtime.deadline_for(deadline),
-                                              bypass_cache=bypass_cache)
+                try:
+                    budget = runtime.deadline_for(deadline)
+                except InvalidDeadline as invalid:
+                    answer = runtime.reject(400, str(invalid), rid)
+                else:
+                    answer = await runtime.answer(body, request_id=rid, deadline_s=budget,
+                                                  bypass_cache=bypass_cache)
         start, content = _messages(answer.status, answer.body, _headers(answer, rid))
         await send(start)
         await send(content)

@@ -60,6 +60,10 @@ class RequestContext:
         """Note that ``stage`` served (part of) its answer from a fallback."""
         self.fallbacks.append(AppliedFallback(stage, category, detail))
 
+    def fail(self, stage: str, category: Category, detail: str = "") -> None:
+        """Note the failure that leaves the request without an answer (no fallback)."""
+        self.error = AppliedFallback(stage, category, detail)
+
     @property
     def fallback_categories(self) -> list[str]:
         """Distinct categories in the order they happened: the ``X-Fallback`` header."""

@@ -4,34 +4,29 @@ The pipeline knows no HTTP: it takes a parsed input and a :class:`RequestContext
 the response body, or raises :class:`StageFailed` when a stage without a fallback failed. So
 the same pipeline can later serve a message stream or a batch job.
 
-Cost matters here (PERFORMANCE.md): a synchronous stage runs inline (keep them cheap;
-blocking work belongs in an async stage or the model); an async stage is stepped in the
-request's task first and gets a timer (the smaller of its own timeout and the request's
-deadline) only if it suspends; stages of a level become Tasks only once one of them
-suspends (``buttress.pipeline.stepping`` says why that is safe).
+The engine schedules; each stage's rules (breaker, timeout, deadline, fallback) live in
+:mod:`buttress.pipeline.stage`. Cost matters here (docs/performance.md): stages of a level
+become Tasks only once one of them suspends (``buttress.pipeline.stepping`` says why that is
+safe), and a lone stage in its level is awaited directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from buttress.batching import BatcherClosed, QueueFull
 from buttress.guardrails import Guardrails
 from buttress.interface import Output, ParsedInput
 from buttress.pipeline.cache_gate import CachedComputation
-from buttress.pipeline.context import AppliedFallback, RequestContext
+from buttress.pipeline.context import RequestContext
 from buttress.pipeline.guardrail_gate import GuardrailGate
-from buttress.pipeline.stage import TRACEBACK_INTERVAL, StageRuntime
-from buttress.pipeline.stepping import Finished, Resumed, first_step
+from buttress.pipeline.stage import StageFailed, StageRuntime, value_or_rest
+from buttress.pipeline.stepping import Resumed
 from buttress.resilience.categories import Category
-from buttress.resilience.durations import as_ms
-from buttress.runners import RemoteUnavailable
 from buttress.stages import StageSpec, order_in_levels
 
 if TYPE_CHECKING:
@@ -47,15 +42,6 @@ _NOT_BUILT: Any = object()
 SHARED_WAIT_GRACE = 0.005
 """A request sharing another's cached computation waits at most this long past its deadline
 (its own computation may finish just after the deadline; then it is still worth serving)."""
-
-
-class StageFailed(Exception):
-    """A stage with no fallback failed: the request cannot be answered (503)."""
-
-    def __init__(self, stage: str, category: Category, message: str) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.category = category
 
 
 class Pipeline:
@@ -196,7 +182,8 @@ class Pipeline:
             if len(level) == 1:
                 stage = level[0]
                 if stage.plain:
-                    value = self._start_plain_stage(stage, request, results, ctx)
+                    args = self._arguments(stage.spec, request, results, ctx)
+                    value = stage.start(request, args, ctx)
                     if type(value) is Resumed:
                         value = await value
                 else:  # a cached or model stage is one coroutine anyway: await it directly
@@ -219,9 +206,10 @@ class Pipeline:
         """
         for index, stage in enumerate(level):
             if stage.plain:
-                value = self._start_plain_stage(stage, request, results, ctx)
+                value = stage.start(request, self._arguments(stage.spec, request, results, ctx),
+                                    ctx)
             else:
-                value = _value_or_rest(self._stage_coroutine(stage, request, results, ctx))
+                value = value_or_rest(self._stage_coroutine(stage, request, results, ctx))
             if type(value) is not Resumed:
                 results[stage.spec.name] = value
                 continue
@@ -261,86 +249,10 @@ class Pipeline:
     def _compute_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
                        ctx: RequestContext) -> Coroutine[Any, Any, Any]:
         """The stage without its cache (what its cache runs on a miss), as one coroutine."""
+        args = self._arguments(stage.spec, request, results, ctx)
         if stage.runner is not None:
-            return self._run_model(stage, request, results, ctx)
-        return self._plain_stage(stage, request, results, ctx)
-
-    async def _plain_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
-                           ctx: RequestContext) -> Any:
-        value = self._start_plain_stage(stage, request, results, ctx)
-        return await value if type(value) is Resumed else value
-
-    def _start_plain_stage(self, stage: StageRuntime, request: Any, results: dict[str, Any],
-                           ctx: RequestContext) -> Any:
-        """Run a stage function (sync or async, no cache, no model) as far as it goes without
-        suspending: its value (or fallback), or, if it suspended, the ``Resumed`` rest of it,
-        to await in this task.
-
-        A plain function rather than a coroutine: most stages finish at once (a memory
-        look-up, a sync function), and for them a coroutine per stage, stepped, costs more
-        than their work (PERFORMANCE.md). Cached and model stages run as one coroutine each
-        (``_stage_coroutine``).
-        """
-        spec = stage.spec
-        breaker = stage.breaker
-        if breaker is not None and not breaker.allow():
-            return self._breaker_open(stage, request, ctx)
-        clock = time.perf_counter()
-        try:
-            if spec.is_async:
-                coro = spec.fn(*self._arguments(spec, request, results, ctx))
-                try:
-                    waiting_on = coro.send(None)
-                except StopIteration as finished:
-                    value = finished.value
-                else:  # it suspended: only now does it need its timer
-                    return _value_or_rest(self._finish_stage(
-                        stage, Resumed(coro, waiting_on), request, ctx, clock))
-            else:
-                value = spec.fn(*self._arguments(spec, request, results, ctx))
-        except Exception as error:
-            return self._recover(stage, request, ctx, error, clock, reached_batcher=False)
-        return self._succeeded(stage, ctx, clock, value)
-
-    async def _finish_stage(self, stage: StageRuntime, rest: Resumed[Any], request: Any,
-                            ctx: RequestContext, clock: float) -> Any:
-        """The rest of an async stage that suspended, bounded by its timeout and the
-        request's deadline."""
-        try:
-            async with asyncio.timeout_at(self._until(stage.spec, ctx, clock)):
-                value = await rest
-        except asyncio.CancelledError:
-            if stage.breaker is not None:
-                stage.breaker.release_probe()
-            raise
-        except Exception as error:
-            return self._recover(stage, request, ctx, error, clock, reached_batcher=False)
-        return self._succeeded(stage, ctx, clock, value)
-
-    async def _run_model(self, stage: StageRuntime, request: Any, results: dict[str, Any],
-                         ctx: RequestContext) -> Any:
-        """A model stage: build its rows, then predict them (through its batcher, if any)."""
-        spec = stage.spec
-        breaker = stage.breaker
-        if breaker is not None and not breaker.allow():
-            return self._breaker_open(stage, request, ctx)
-        clock = time.perf_counter()
-        # A batched model's breaker is fed per batch by the batcher; this request's own
-        # outcome counts only if it failed before reaching it (building its rows).
-        reached = False
-        try:
-            rows = spec.fn(*self._arguments(spec, request, results, ctx))
-            reached = True
-            value = await stage.predict(rows, ctx.deadline, self.metrics)
-        except asyncio.CancelledError:
-            if breaker is not None:
-                breaker.release_probe()
-            raise
-        except Exception as error:
-            return self._recover(stage, request, ctx, error, clock, reached_batcher=reached)
-        stage.record_outcome(False, reached_batcher=True)
-        ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
-        return value
+            return stage.run_model(request, args, ctx)
+        return stage.run(request, args, ctx)
 
     async def _run_cached_stage(self, stage: StageRuntime, request: Any,
                                 results: dict[str, Any], ctx: RequestContext) -> Any:
@@ -351,67 +263,9 @@ class Pipeline:
                 value, _status = await stage.cache.run(
                     key, ctx, lambda: self._compute_stage(stage, request, results, ctx))
         except TimeoutError:  # waited on another request's computation past our deadline
-            return self._fallback(stage, request, ctx, stage.spec.categories.timeout,
+            return stage.fallback(request, ctx, stage.spec.categories.timeout,
                                   "deadline passed while waiting for a shared computation")
         return value
-
-    def _breaker_open(self, stage: StageRuntime, request: Any, ctx: RequestContext) -> Any:
-        return self._fallback(stage, request, ctx, stage.spec.categories.unavailable,
-                              "circuit breaker open")
-
-    def _succeeded(self, stage: StageRuntime, ctx: RequestContext, clock: float,
-                   value: Any) -> Any:
-        if stage.breaker is not None:
-            stage.breaker.record_success()
-        ctx.stage_ms[stage.spec.name] = as_ms(time.perf_counter() - clock)
-        return value
-
-    def _recover(self, stage: StageRuntime, request: Any, ctx: RequestContext,
-                 error: Exception, clock: float, *, reached_batcher: bool) -> Any:
-        """The fallback for a stage that raised, timed out or was refused (or
-        ``StageFailed`` if it has none), its breaker fed and the failure logged."""
-        categories = stage.spec.categories
-        if isinstance(error, TimeoutError):
-            stage.record_outcome(True, reached_batcher=reached_batcher)
-            return self._fallback(stage, request, ctx, categories.timeout,
-                                  f"no answer within {1000 * (time.perf_counter() - clock):.0f} ms")
-        if isinstance(error, (QueueFull, BatcherClosed, RemoteUnavailable)):
-            # shedding (a full queue, a remote model's own open breaker): not a failure of this
-            # request, so this stage's breaker does not count it
-            if stage.breaker is not None:
-                stage.breaker.release_probe()
-            return self._fallback(stage, request, ctx, categories.unavailable,
-                                  f"{type(error).__name__}: {error}")
-        stage.record_outcome(True, reached_batcher=reached_batcher)
-        self._log_failure(stage, error)
-        return self._fallback(stage, request, ctx, categories.error,
-                              f"{type(error).__name__}: {error}")
-
-    @staticmethod
-    def _until(spec: StageSpec, ctx: RequestContext, started: float) -> float:
-        """When a stage started at ``started`` (perf_counter) must be done, on the loop's
-        clock: its own timeout or the request's deadline, whichever comes first."""
-        if spec.timeout is None:
-            return ctx.deadline
-        left = spec.timeout - (time.perf_counter() - started)
-        return min(ctx.deadline, asyncio.get_running_loop().time() + left)
-
-    def _log_failure(self, stage: StageRuntime, error: Exception) -> None:
-        now = time.monotonic()
-        if now - stage.last_traceback >= TRACEBACK_INTERVAL:
-            stage.last_traceback = now
-            log.error("stage %s failed", stage.spec.name, exc_info=error)
-        else:
-            log.warning("stage %s failed: %s: %s", stage.spec.name, type(error).__name__, error)
-
-    def _fallback(self, stage: StageRuntime, request: Any, ctx: RequestContext,
-                  category: Category, detail: str) -> Any:
-        spec = stage.spec
-        if not spec.has_fallback:
-            ctx.error = AppliedFallback(spec.name, category, detail)
-            raise StageFailed(spec.name, category, f"stage {spec.name!r} failed: {detail}")
-        ctx.record(category, spec.name, detail)
-        return spec.fallback_value(request)
 
     def _respond(self, request: Any, results: dict[str, Any], ctx: RequestContext) -> Any:
         spec = self.responder
@@ -419,7 +273,7 @@ class Pipeline:
             return spec.fn(*self._arguments(spec, request, results, ctx))
         except Exception as error:
             log.exception("respond failed")
-            ctx.error = AppliedFallback("respond", Category.INTERNAL, str(error))
+            ctx.fail("respond", Category.INTERNAL, str(error))
             raise StageFailed("respond", Category.INTERNAL,
                               f"building the response failed: {type(error).__name__}") from error
 
@@ -431,31 +285,16 @@ class Pipeline:
 
     def reset_breakers(self) -> None:
         for stage in self.runtimes.values():
-            if stage.spec.breaker is not None:
-                stage.breaker = stage.spec.breaker.build()
-                stage.watch_breaker(self.metrics)
+            stage.reset_breaker()
             reset_remote = getattr(stage.runner, "reset_breaker", None)
             if reset_remote is not None:
                 reset_remote()
 
     async def aclose(self) -> None:
-        """Finish what the batchers hold, then stop the model threads."""
+        """Finish what the batchers hold, then stop the model threads and the gates."""
         for stage in self.runtimes.values():
-            if stage.batcher is not None:
-                await stage.batcher.aclose()
-            if stage.runner is not None:
-                close = getattr(stage.runner, "aclose", None)
-                if close is not None:
-                    await close()
-                else:
-                    stage.runner.close()
+            await stage.aclose()
         for cached in self.caches:
             await cached.cache.aclose()
         if self.gate is not None:
             await self.gate.aclose()
-
-
-def _value_or_rest(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Step ``coro``: its value if it finished at once, else the ``Resumed`` rest of it."""
-    step = first_step(coro)
-    return step.value if isinstance(step, Finished) else step

@@ -11,14 +11,13 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
 
 from buttress.backends import Connections
-from buttress.interface import ContractViolation, InputRejected
+from buttress.interface import InputRejected
 from buttress.observability.events import EventLog, EventSink, JsonlSink
 from buttress.observability.metrics import (
     FLUSH_INTERVAL,
@@ -26,9 +25,11 @@ from buttress.observability.metrics import (
     mark_worker_dead,
     multiprocess_enabled,
 )
-from buttress.pipeline.context import AppliedFallback, RequestContext
-from buttress.pipeline.engine import Pipeline, StageFailed
-from buttress.resilience.categories import Category
+from buttress.pipeline.context import RequestContext
+from buttress.pipeline.engine import Pipeline
+from buttress.pipeline.stage import StageFailed
+from buttress.resilience.categories import Category, error_body
+from buttress.resilience.deadline import requested_budget
 from buttress.resilience.durations import as_ms
 
 if TYPE_CHECKING:
@@ -45,14 +46,6 @@ class Answer:
     status: int
     body: bytes
     context: RequestContext
-
-
-def error_body(
-    category: str, message: str, violations: Sequence[ContractViolation] = ()
-) -> bytes:
-    """The JSON error format of DESIGN.md."""
-    return orjson.dumps({"error": {"category": category, "message": message,
-                                   "fields": [v.as_dict() for v in violations]}})
 
 
 YOUNG_COLLECTION_THRESHOLD = 50_000
@@ -164,16 +157,9 @@ class Runtime:
 
     def deadline_for(self, requested_ms: str | None) -> float:
         """The request's time budget: the configured deadline, lowered by the client's
-        ``X-Deadline-Ms`` if given, never above ``max_deadline``."""
-        budget = self.settings.deadline
-        if requested_ms:
-            try:
-                budget = float(requested_ms) / 1000.0
-            except ValueError:
-                pass
-            else:
-                budget = max(0.0, budget)
-        return min(budget, self.settings.max_deadline)
+        ``X-Deadline-Ms`` if given, never above ``max_deadline``. Raises
+        :class:`~buttress.resilience.deadline.InvalidDeadline` for a malformed header."""
+        return requested_budget(requested_ms, self.settings.deadline, self.settings.max_deadline)
 
     async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
                      bypass_cache: bool = False, record: bool = True,
@@ -216,7 +202,7 @@ class Runtime:
     def _unanswerable(failed: StageFailed, ctx: RequestContext) -> bytes:
         """The 503 body for a stage that failed without a fallback."""
         if ctx.error is None:  # it failed in a computation this request only shared
-            ctx.error = AppliedFallback(failed.stage, failed.category, str(failed))
+            ctx.fail(failed.stage, failed.category, str(failed))
         return error_body(failed.category, str(failed))
 
     def reject(self, status: int, message: str, request_id: str) -> Answer:

@@ -12,30 +12,28 @@ the batch metrics and the breaker gauge; each inference call is one event (its `
 names the ``/v2`` path, ``buttress.http.oip``). ``buttress_requests_total`` and the request
 latency histogram describe ``/predict`` only.
 
-Failures answer ``{"error": ...}``: 400 for a bad tensor, 404 for an unknown model or
-version, 500 when the model raises, 503 when its breaker is open or its queue is full, 504
-when it overruns. There is no fallback: it is a function of the Input, which ``/v2`` lacks.
+Failures: :class:`OipError` (400 for a bad tensor, 404 for an unknown model or version), or
+the model stage's own :class:`~buttress.pipeline.stage.StageFailed` with its failure's kind
+(``buttress.http.oip`` answers 500, 503 or 504 for it). The call runs by the same rules as a
+``/predict`` model stage (:meth:`StageRuntime.call_model`), except that there is no
+fallback: it is a function of the Input, which ``/v2`` lacks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from buttress.batching import BatcherClosed, QueueFull
 from buttress.oip.codec import encode_response, parse_request
 from buttress.oip.errors import OipError
 from buttress.oip.types import DATATYPES, datatype_of
-from buttress.runners import Described, RemoteUnavailable, Signature
+from buttress.runners import Described, Signature
 
 if TYPE_CHECKING:
     from buttress.pipeline.runtime import Runtime
     from buttress.pipeline.stage import StageRuntime
-
-log = logging.getLogger("buttress.oip")
 
 INPUT_NAME = "input-0"
 OUTPUT_NAME = "output-0"
@@ -104,40 +102,11 @@ class ServedModels:
                 raise OipError(400, f"model {name!r} has one output, {OUTPUT_NAME!r}; "
                                     f"not {wanted.name!r}")
             binary = binary or bool(wanted.parameters.get("binary_data"))
-        predictions = _as_tensor(name, await self._predict(stage, rows, deadline_s), len(rows))
+        deadline = asyncio.get_running_loop().time() + deadline_s
+        predictions = _as_tensor(name, await stage.call_model(rows, deadline), len(rows))
         return encode_response(model_name=name, model_version=stage.version,
                                request_id=request.id, outputs=[(OUTPUT_NAME, predictions)],
                                binary=binary)
-
-    async def _predict(self, stage: StageRuntime, rows: np.ndarray, deadline_s: float) -> Any:
-        """The stage's model on ``rows``, as the pipeline's model stage runs it, under the
-        same breaker and with the same rule for counting (``StageRuntime.record_outcome``)."""
-        spec, breaker = stage.spec, stage.breaker
-        if breaker is not None and not breaker.allow():
-            raise OipError(503, f"model {spec.name!r} is unavailable: circuit breaker open")
-        budget = deadline_s if spec.timeout is None else min(deadline_s, spec.timeout)
-        try:
-            predictions = await stage.predict(
-                rows, asyncio.get_running_loop().time() + deadline_s, self.runtime.metrics)
-        except TimeoutError:
-            stage.record_outcome(True, reached_batcher=True)
-            raise OipError(504, f"model {spec.name!r} did not answer within "
-                                f"{1000 * budget:.0f} ms") from None
-        except (QueueFull, BatcherClosed, RemoteUnavailable) as refused:
-            if breaker is not None:
-                breaker.release_probe()
-            raise OipError(503, f"model {spec.name!r} is unavailable: {refused}") from None
-        except asyncio.CancelledError:
-            if breaker is not None:
-                breaker.release_probe()
-            raise
-        except Exception as error:
-            stage.record_outcome(True, reached_batcher=True)
-            log.warning("model %s failed on /v2: %s: %s", spec.name, type(error).__name__, error)
-            raise OipError(500, f"model {spec.name!r} failed: {type(error).__name__}: "
-                                f"{error}") from None
-        stage.record_outcome(False, reached_batcher=True)
-        return predictions
 
 
 def _rows(name: str, arrays: list[np.ndarray]) -> np.ndarray:

@@ -6,7 +6,11 @@ dashboard series and a possible alert, so the set is closed: adding a member is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any, Protocol
+
+import orjson
 
 
 class Category(StrEnum):
@@ -34,3 +38,14 @@ class Category(StrEnum):
     """The event buffer was full; events were dropped rather than blocking requests."""
     INTERNAL = "internal"
     """A bug or an unexpected failure with no fallback."""
+
+
+class _Field(Protocol):
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+def error_body(category: str, message: str, fields: Sequence[_Field] = ()) -> bytes:
+    """The one JSON error format clients get from every route:
+    ``{"error": {"category": ..., "message": ..., "fields": [...]}}``."""
+    return orjson.dumps({"error": {"category": category, "message": message,
+                                   "fields": [f.as_dict() for f in fields]}})

@@ -38,8 +38,8 @@ from buttress.oip.codec import TensorError
 from buttress.oip.errors import OipError
 from buttress.oip.types import dtype_of
 from buttress.resilience.breaker import Breaker, CircuitBreaker
-from buttress.resilience.categories import Category
 from buttress.resilience.durations import Duration, seconds
+from buttress.resilience.failures import Failure
 from buttress.runners.types import Signature, one_per_row
 
 _REQUEST_FAULTS = frozenset({400, 422})
@@ -48,19 +48,15 @@ _REQUEST_FAULTS = frozenset({400, 422})
 class RemoteError(RuntimeError):
     """The model server failed, answered an error, or could not be reached."""
 
-    category: ClassVar[Category] = Category.MODEL_ERROR
-
 
 class RemoteTimeout(TimeoutError):
     """The model server did not answer within the runner's timeout."""
-
-    category: ClassVar[Category] = Category.MODEL_TIMEOUT
 
 
 class RemoteUnavailable(RuntimeError):
     """The runner's breaker is open: the call was refused without reaching the server."""
 
-    category: ClassVar[Category] = Category.MODEL_UNAVAILABLE
+    failure: ClassVar[Failure] = Failure.UNAVAILABLE
 
 
 @dataclass(frozen=True)
