@@ -169,3 +169,31 @@ def test_policy_is_immutable_with_a_readable_repr() -> None:
     assert "open_for='500ms'" in repr(policy)
     with pytest.raises(AttributeError):
         policy.window = 3  # type: ignore[misc]
+
+
+def test_the_default_counts_a_rate_not_a_streak(clock: FakeClock) -> None:
+    """A stage's default breaker: a burst of failures among plenty of successes (timeouts in
+    a moment of overload) does not cut the dependency off; a sustained failure rate does."""
+    breaker = Breaker().build(clock)
+    outcomes(breaker, "S" * 60 + "F" * 15 + "S" * 25)  # 15 in a row, 15 % of the window
+    assert breaker.state is CLOSED
+    outcomes(breaker, "F" * 19)  # 34 of the last 100 failed
+    assert breaker.state is CLOSED
+    outcomes(breaker, "FS" * 8 + "F" * 8)  # 50 of the last 100
+    assert breaker.state is OPEN
+
+
+def test_the_default_waits_for_a_minimum_of_calls(clock: FakeClock) -> None:
+    breaker = Breaker().build(clock)
+    outcomes(breaker, "F" * 19)
+    assert breaker.state is CLOSED  # 19 calls: too few to judge
+    outcomes(breaker, "F")
+    assert breaker.state is OPEN
+
+
+def test_a_backend_breaker_trips_on_five_in_a_row(clock: FakeClock) -> None:
+    breaker = Breaker.for_backend().build(clock)
+    outcomes(breaker, "S" * 50 + "F" * 4)
+    assert breaker.state is CLOSED
+    outcomes(breaker, "F")
+    assert breaker.state is OPEN

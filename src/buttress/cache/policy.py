@@ -38,7 +38,8 @@ class Cache:
     url: str | None = None
     lock: bool | Duration = False
     breaker: Breaker | None = None
-    """Guards a Redis backend (default ``Breaker()``: 5 failures, open 5 s)."""
+    """Guards a Redis backend (default ``Breaker.for_backend()``: 5 failures in a row, open
+    5 s)."""
 
     def __post_init__(self) -> None:
         if seconds(self.ttl, name="Cache.ttl") <= 0:

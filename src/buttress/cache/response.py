@@ -73,7 +73,7 @@ class ResponseCache:
         self.scope = scope
         self.url = check_url(policy.url or default_url)
         self.key = KeyHasher(namespace, scope, policy.key)
-        self._breaker_policy = breaker or Breaker()
+        self._breaker_policy = breaker or Breaker.for_backend()
         self._clock = clock
         self._health = FailOpen(f"{namespace}/{scope}", observer)
         self._flights: SingleFlight[tuple[Any, bool]] = SingleFlight()

@@ -55,7 +55,7 @@ class Guardrails:
         url: str = "memory://",
         namespace: str = "default",
         *,
-        breaker: Breaker | None = Breaker(),  # noqa: B008 - an immutable policy
+        breaker: Breaker | None = Breaker.for_backend(),  # noqa: B008 - immutable
         clock: Callable[[], float] | None = None,
     ) -> None:
         names = [g.name for g in guards]

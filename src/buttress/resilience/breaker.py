@@ -4,8 +4,11 @@ States: *closed* (calls pass; outcomes are counted), *open* (calls are refused f
 ``open_for`` seconds), *half-open* (up to ``half_open_probes`` trial calls pass; one success
 closes the breaker, one failure opens it again).
 
-It trips on either ``consecutive_failures`` in a row, or a failure *rate* of at least
-``failure_rate`` over the last ``window`` outcomes once ``min_calls`` have been seen.
+It trips on a failure *rate* of at least ``failure_rate`` over the last ``window`` outcomes
+once ``min_calls`` have been seen (resilience4j's model, the default for stages: a burst of
+slow calls under load does not cut a dependency off for every client), or, when set, on
+``consecutive_failures`` in a row (what a backend connection wants: a dead Redis fails every
+call, and the sooner its breaker opens the less each request pays).
 
 Time comes from an injected clock, so tests drive the state machine without sleeping. The
 breaker is not thread-safe: it lives on one event loop, like the stage that owns it.
@@ -32,15 +35,15 @@ class BreakerState(StrEnum):
 class Breaker:
     """Breaker settings: a small immutable policy, validated when declared."""
 
-    consecutive_failures: int = 5
+    consecutive_failures: int | None = None
     failure_rate: float = 0.5
-    window: int = 20
-    min_calls: int = 10
+    window: int = 100
+    min_calls: int = 20
     open_for: Duration = "5s"
     half_open_probes: int = 1
 
     def __post_init__(self) -> None:
-        if self.consecutive_failures < 1:
+        if self.consecutive_failures is not None and self.consecutive_failures < 1:
             raise ValueError("Breaker.consecutive_failures must be at least 1")
         if not 0.0 < self.failure_rate <= 1.0:
             raise ValueError("Breaker.failure_rate must be in (0, 1]")
@@ -49,6 +52,11 @@ class Breaker:
         if self.half_open_probes < 1:
             raise ValueError("Breaker.half_open_probes must be at least 1")
         seconds(self.open_for, name="Breaker.open_for")
+
+    @classmethod
+    def for_backend(cls) -> Breaker:
+        """The default for a backend connection (Redis): 5 failures in a row, open 5 s."""
+        return cls(consecutive_failures=5)
 
     def build(self, clock: Callable[[], float] = time.monotonic) -> CircuitBreaker:
         return CircuitBreaker(self, clock)
@@ -105,7 +113,8 @@ class CircuitBreaker:
             return
         self._consecutive += 1
         self._push(True)
-        if self._consecutive >= self.policy.consecutive_failures or self._rate_exceeded():
+        in_a_row = self.policy.consecutive_failures
+        if (in_a_row is not None and self._consecutive >= in_a_row) or self._rate_exceeded():
             self._trip()
 
     def release_probe(self) -> None:
