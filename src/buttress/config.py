@@ -8,7 +8,7 @@ server at start with the offending key named.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -50,14 +50,26 @@ class Settings(BaseSettings):
     model_native_threads: int = Field(
         1, ge=1, le=256, description="Threads one model call may use in native code (OpenMP, "
         "BLAS). More than one oversubscribes the cores the event loop needs.")
+    max_concurrency: str = Field(
+        "auto", description="Requests in flight at once: 'auto' (learned: adaptive admission), "
+        "a number (a fixed cap), or 'off'. The excess is answered at once (overload_response).")
+    admission_target: float | None = Field(
+        None, description="Mean time in the server that max_concurrency='auto' holds admitted "
+        "requests to; default: half the shortest stage timeout.")
+    overload_response: Literal["fallback", "503"] = Field(
+        "fallback", description="What a request beyond max_concurrency gets: every stage's "
+        "fallback (category 'overloaded'), or 503 with Retry-After.")
     drain_timeout: float = Field(30.0, description="Seconds to finish in-flight work on SIGTERM.")
     admin_token: str | None = Field(None, description="Bearer token for /admin; unset = off.")
     metrics_dir: str = "var/prometheus"
     log_level: str = "info"
 
-    @field_validator("deadline", "max_deadline", "drain_timeout", mode="before")
+    @field_validator("deadline", "max_deadline", "drain_timeout", "admission_target",
+                     mode="before")
     @classmethod
-    def _duration(cls, value: Any) -> float:
+    def _duration(cls, value: Any) -> float | None:
+        if value is None:
+            return None
         # Environment values are strings: a bare number there ("0.25", as `serve --workers`
         # hands settings to its workers) means seconds, as it does in the TOML file.
         if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
@@ -70,6 +82,14 @@ class Settings(BaseSettings):
         if value is not None:
             parse_backend_url(value)
         return value
+
+    @field_validator("max_concurrency", mode="before")
+    @classmethod
+    def _concurrency(cls, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text in ("auto", "off") or (text.isdigit() and int(text) >= 1):
+            return text
+        raise ValueError("must be 'auto', 'off' or a whole number >= 1")
 
     @property
     def feature_store_url(self) -> str:

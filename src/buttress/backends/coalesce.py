@@ -1,9 +1,10 @@
-"""Coalesce the Redis calls made in one event-loop iteration into one round trip.
+"""Coalesce the backend calls made in one event-loop iteration into one round trip.
 
 A Redis round trip costs the client 40-58 µs of CPU, more than a whole request's budget
-(PERFORMANCE.md). Under load many requests reach the cache or the feature store in the same
-loop iteration; sending their look-ups as one script call pays that cost once per iteration
-instead of once per request.
+(docs/performance.md), and a hop to SQLite's thread queues behind the GIL under load. Many
+requests reach the cache or the feature store in the same loop iteration; sending their
+look-ups as one script call (one ``SELECT``) pays that cost once per iteration instead of
+once per request.
 With one request in flight it adds one task (≈3 µs) to a round trip — noise.
 
 Written here rather than taken from a library because the rule is tiny and ours: flush at the

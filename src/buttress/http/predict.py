@@ -75,6 +75,8 @@ def _headers(answer: Answer, request_id: str) -> list[tuple[bytes, bytes]]:
         headers.append((b"x-cache", ctx.cache.encode()))
     if ctx.fallbacks:
         headers.append((b"x-fallback", ",".join(ctx.fallback_categories).encode()))
+    elif answer.status == 503 and answer.retry_after:
+        headers.append((b"retry-after", b"1"))
     return headers
 
 

@@ -27,6 +27,7 @@ from buttress.pipeline.guardrail_gate import GuardrailGate
 from buttress.pipeline.stage import StageFailed, StageRuntime, value_or_rest
 from buttress.pipeline.stepping import Resumed
 from buttress.resilience.categories import Category
+from buttress.resilience.failures import Failure
 from buttress.stages import StageSpec, order_in_levels
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Pipeline:
         models = [r for r in self.runtimes.values() if r.runner is not None]
         self.model_version = ",".join(r.version for r in models)
         self.model_stages = frozenset(r.spec.name for r in models)
+        self.every_stage_has_fallback = all(r.spec.has_fallback for r in self.runtimes.values())
         self.gate: GuardrailGate | None = None
         if service.guardrails:
             self.gate = GuardrailGate(
@@ -131,6 +133,26 @@ class Pipeline:
                 response = await self._default_response(request, ctx, results)
                 body = None
         return body if body is not None else self._serialize(response)
+
+    def shed(self, parsed: ParsedInput, ctx: RequestContext, *, with_fallback: bool) -> bytes:
+        """The answer for a request beyond the door's concurrency limit, at once: every
+        stage's fallback, no stage called (``StageFailed`` when a stage has none, or when the
+        service answers overload with 503)."""
+        request = parsed.value
+        if parsed.defaulted:
+            ctx.record(Category.INPUT_CONTRACT, "input")
+        ctx.model_version = self.model_version
+        if not (with_fallback and self.every_stage_has_fallback):
+            ctx.fail("admission", Category.OVERLOADED, "at the concurrency limit")
+            raise StageFailed("admission", Category.OVERLOADED,
+                              "the server is at its concurrency limit: retry shortly",
+                              Failure.UNAVAILABLE)
+        ctx.record(Category.OVERLOADED, "admission")
+        results = dict(self.resources)
+        for level in self.levels:
+            for stage in level:
+                results[stage.spec.name] = stage.spec.fallback_value(request)
+        return self._serialize(self._respond(request, results, ctx))
 
     async def _admitted(self, request: Any, response: Any, ctx: RequestContext) -> bool:
         """Ask the guardrails; record what they said. False: serve the default prediction."""

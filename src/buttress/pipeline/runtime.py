@@ -28,6 +28,7 @@ from buttress.observability.metrics import (
 from buttress.pipeline.context import RequestContext
 from buttress.pipeline.engine import Pipeline
 from buttress.pipeline.stage import StageFailed
+from buttress.resilience.admission import Admission, ConcurrencyLimit
 from buttress.resilience.categories import Category, error_body
 from buttress.resilience.deadline import requested_budget
 from buttress.resilience.durations import as_ms
@@ -46,6 +47,12 @@ class Answer:
     status: int
     body: bytes
     context: RequestContext
+
+    @property
+    def retry_after(self) -> bool:
+        """Refused for overload with no fallback: the client should retry shortly."""
+        error = self.context.error
+        return error is not None and error.category is Category.OVERLOADED
 
 
 YOUNG_COLLECTION_THRESHOLD = 50_000
@@ -95,6 +102,9 @@ class Runtime:
         self._pid = os.getpid()
         self._flusher: asyncio.Task[None] | None = None
         self._parse = service.input.parser(max_depth=settings.max_json_depth)
+        self.admission = admission_limit(settings, service)
+        """The door's concurrency limit (None: no limit); see ``buttress.resilience.admission``."""
+        self._shed_with_fallback = settings.overload_response == "fallback"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -171,7 +181,10 @@ class Runtime:
         ctx.bypass_cache = bypass_cache
         ctx.warm_up = warm_up
         tally = self.metrics.requests
-        tally.in_flight += 1
+        in_flight = tally.in_flight
+        limit = self.admission
+        admitted = limit is None or in_flight < limit.limit or warm_up
+        tally.in_flight = in_flight + 1
         try:
             try:
                 parsed = self._parse(body)
@@ -184,7 +197,11 @@ class Runtime:
                 # the request's task and the model is resumed when its batch returns
                 ctx.violations = parsed.violations
                 try:
-                    status, payload = 200, await self.pipeline.run(parsed, ctx)
+                    if admitted:
+                        status, payload = 200, await self.pipeline.run(parsed, ctx)
+                    else:
+                        status, payload = 200, self.pipeline.shed(
+                            parsed, ctx, with_fallback=self._shed_with_fallback)
                 except StageFailed as failed:
                     status, payload = 503, self._unanswerable(failed, ctx)
                 except Exception as error:  # a bug: answer, count, log; never crash the server
@@ -194,8 +211,11 @@ class Runtime:
                         Category.INTERNAL, f"internal error: {type(error).__name__}")
         finally:
             tally.in_flight -= 1
+        seconds = time.perf_counter() - clock
+        if admitted and limit is not None:
+            limit.sample(seconds, in_flight + 1)
         if record:
-            self.finish(ctx, status, time.perf_counter() - clock)
+            self.finish(ctx, status, seconds)
         return Answer(status, payload, ctx)
 
     @staticmethod
@@ -245,3 +265,24 @@ class Runtime:
             "pid": self._pid,
         }
         self.events.emit(event)
+
+
+def admission_limit(settings: Settings, service: Service) -> ConcurrencyLimit | None:
+    """The door's limit for ``max_concurrency``: learned (``auto``), fixed, or none.
+
+    Learned, it holds admitted requests to ``admission_target`` in the server, by default half
+    the shortest stage timeout (a quarter of the deadline if no stage has one): a request
+    that spends longer than that queued behind others is one whose stages start timing out.
+    """
+    setting = settings.max_concurrency
+    if setting == "off":
+        return None
+    if setting != "auto":
+        fixed = int(setting)
+        return Admission("1h", initial_limit=fixed, min_limit=fixed, max_limit=fixed).build(
+            time.monotonic)
+    target = settings.admission_target
+    if target is None:
+        timeouts = [s.timeout for s in service.stages if s.timeout is not None]
+        target = min(timeouts) / 2 if timeouts else settings.deadline / 4
+    return Admission(target).build(time.monotonic)

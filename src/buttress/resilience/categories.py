@@ -30,6 +30,9 @@ class Category(StrEnum):
     """The model's breaker is open or its queue is full; the request was shed to the fallback."""
     CACHE_UNAVAILABLE = "cache_unavailable"
     """The cache backend failed; treated as a miss."""
+    OVERLOADED = "overloaded"
+    """The server was at its concurrency limit: answered at once with every stage's fallback
+    (or 503 with ``Retry-After``), so that the requests it admitted keep their pipeline."""
     GUARDRAIL_EXCEEDED = "guardrail_exceeded"
     """A guardrail's budget was spent; the default prediction was used."""
     GUARDRAIL_UNAVAILABLE = "guardrail_unavailable"
