@@ -1,0 +1,144 @@
+"""Admission control: the limit's state machine on a fake clock, and the door in a runtime."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import buttress as bt
+from buttress.resilience.admission import Admission, ConcurrencyLimit
+from tests.support import FakeClock
+from tests.test_pipeline import Query, serving, service
+
+TARGET = 0.010  # 10 ms
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def limit(clock: FakeClock, **policy: object) -> ConcurrencyLimit:
+    return Admission(TARGET, **policy).build(clock)  # type: ignore[arg-type]
+
+
+def windows(limiter: ConcurrencyLimit, clock: FakeClock, *, latency: float, in_flight: int,
+            count: int = 1) -> None:
+    """``count`` windows of 10 samples each, every one taking ``latency``."""
+    for _ in range(count):
+        clock.advance(0.1)
+        for _ in range(10):
+            limiter.sample(latency, in_flight)
+
+
+def test_starts_open_so_a_burst_on_an_idle_server_is_served(clock: FakeClock) -> None:
+    assert limit(clock).limit == 1000
+
+
+def test_latency_over_the_target_brings_the_limit_down_to_what_was_in_flight(
+        clock: FakeClock) -> None:
+    limiter = limit(clock)
+    windows(limiter, clock, latency=3 * TARGET, in_flight=100)
+    assert limiter.limit < 100  # straight to the concurrency that was too much, then less
+    before = limiter.limit
+    windows(limiter, clock, latency=3 * TARGET, in_flight=before, count=5)
+    assert limiter.limit < before
+
+
+def test_the_limit_settles_where_latency_meets_the_target(clock: FakeClock) -> None:
+    """A server whose latency grows with concurrency past 40 in flight: the limit finds 40."""
+    limiter = limit(clock)
+    for _ in range(300):
+        in_flight = limiter.limit
+        latency = TARGET * max(0.5, in_flight / 40)
+        windows(limiter, clock, latency=latency, in_flight=in_flight)
+    assert 30 <= limiter.limit <= 50
+
+
+def test_an_idle_server_learns_nothing(clock: FakeClock) -> None:
+    limiter = limit(clock, initial_limit=50)
+    windows(limiter, clock, latency=TARGET / 2, in_flight=3, count=20)
+    assert limiter.limit == 50  # not grown: the traffic never tested it
+
+
+def test_it_recovers_after_the_overload(clock: FakeClock) -> None:
+    limiter = limit(clock)
+    windows(limiter, clock, latency=10 * TARGET, in_flight=200, count=10)
+    low = limiter.limit
+    for _ in range(100):
+        windows(limiter, clock, latency=TARGET / 2, in_flight=limiter.limit)
+    assert limiter.limit > 3 * low
+
+
+def test_never_below_min_nor_above_max(clock: FakeClock) -> None:
+    limiter = limit(clock, initial_limit=20, min_limit=5, max_limit=30)
+    windows(limiter, clock, latency=100 * TARGET, in_flight=20, count=50)
+    assert limiter.limit == 5
+    for _ in range(200):
+        windows(limiter, clock, latency=TARGET / 10, in_flight=limiter.limit)
+    assert limiter.limit == 30
+
+
+@pytest.mark.parametrize("policy", [
+    {"min_limit": 0}, {"initial_limit": 2000}, {"smoothing": 0.0}, {"window": "0s"},
+    {"min_samples": 0},
+])
+def test_invalid_policies_are_refused(policy: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Admission(TARGET, **policy)  # type: ignore[arg-type]
+
+
+def slow_service(*, fallback: bool = True) -> bt.Service:
+    svc = service("slow")
+
+    @svc.stage(timeout="1s", fallback={"n": -1} if fallback else bt.NO_FALLBACK)
+    async def lookup(q: Query) -> dict[str, int]:
+        await asyncio.sleep(0.05)
+        return {"n": q.x}
+
+    @svc.respond
+    def respond(q: Query, lookup: dict[str, int]) -> dict[str, int]:
+        return lookup
+
+    return svc
+
+
+async def test_beyond_the_limit_requests_get_every_fallback_at_once(tmp_path: Path) -> None:
+    async with serving(slow_service(), tmp_path, max_concurrency="2") as h:
+        answers = await asyncio.gather(*(h.ask({"x": i}) for i in range(5)))
+    admitted = [a for a in answers if not a.context.fallbacks]
+    shed = [a for a in answers if a.context.fallbacks]
+    assert len(admitted) == 2 and len(shed) == 3
+    for answer in shed:
+        assert answer.status == 200
+        assert answer.body == b'{"n":-1}'
+        assert answer.context.fallback_categories == ["overloaded"]
+    assert h.sample("buttress_fallbacks_total", stage="admission", category="overloaded") == 3
+    assert len(h.events()) == 5  # one event per request, shed ones included
+
+
+async def test_overload_is_a_503_with_retry_after_when_asked_or_without_fallback(
+        tmp_path: Path) -> None:
+    for svc, settings in ((slow_service(fallback=False), {}),
+                          (slow_service(), {"overload_response": "503"})):
+        async with serving(svc, tmp_path, max_concurrency="1", **settings) as h:
+            answers = await asyncio.gather(h.ask({"x": 1}), h.ask({"x": 2}))
+        refused = [a for a in answers if a.status == 503]
+        assert len(refused) == 1
+        assert refused[0].retry_after
+        assert b'"category":"overloaded"' in refused[0].body
+
+
+async def test_off_admits_everything(tmp_path: Path) -> None:
+    async with serving(slow_service(), tmp_path, max_concurrency="off") as h:
+        assert h.runtime.admission is None
+        answers = await asyncio.gather(*(h.ask({"x": i}) for i in range(50)))
+    assert all(not a.context.fallbacks for a in answers)
+
+
+async def test_the_learned_target_is_half_the_shortest_stage_timeout(tmp_path: Path) -> None:
+    async with serving(slow_service(), tmp_path) as h:
+        assert h.runtime.admission is not None
+        assert h.runtime.admission._target == pytest.approx(0.5)
