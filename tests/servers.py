@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 
+from buttress.cli.server import wait_until_ready
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,18 +90,11 @@ class RunningServer:
 
 
 def wait_ready(server: RunningServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode} before it was "
-                               f"ready:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.base_url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"server not ready within {timeout}s:\n{server.output()}")
+    """The CLI's own readiness wait, with the server's output when it fails."""
+    try:
+        wait_until_ready(server.base_url, timeout, alive=lambda: server.process.poll() is None)
+    except (RuntimeError, TimeoutError) as error:
+        raise type(error)(f"{error}:\n{server.output()}") from None
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import pytest
 import buttress as bt
 from buttress.resilience.admission import Admission, ConcurrencyLimit
 from tests.support import FakeClock
-from tests.test_pipeline import Query, serving, service
+from tests.test_pipeline import Query, service, serving
 
 TARGET = 0.010  # 10 ms
 
@@ -110,7 +110,8 @@ async def test_beyond_the_limit_requests_get_every_fallback_at_once(tmp_path: Pa
         answers = await asyncio.gather(*(h.ask({"x": i}) for i in range(5)))
     admitted = [a for a in answers if not a.context.fallbacks]
     shed = [a for a in answers if a.context.fallbacks]
-    assert len(admitted) == 2 and len(shed) == 3
+    assert len(admitted) == 2
+    assert len(shed) == 3
     for answer in shed:
         assert answer.status == 200
         assert answer.body == b'{"n":-1}'

@@ -285,22 +285,39 @@ async def test_get_or_compute_many_computes_only_the_missing(harness: Harness) -
     assert await cache.get_many(["p1", "p2", "p3"]) == [0.1, 0.2, MISS]
 
 
+@dataclass
+class GatedComputation:
+    """A computation that waits for ``release`` and counts its calls: the single-flight
+    scaffold of the tests below."""
+
+    outcome: Any
+    """The value it returns, or an exception it raises."""
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: int = 0
+
+    async def __call__(self) -> tuple[Any, bool]:
+        self.calls += 1
+        await self.release.wait()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome, True
+
+    async def joined_by(self, harness: Harness, cache: Any, count: int,
+                        ) -> list[asyncio.Task[Any]]:
+        """``count`` callers of ``get_or_compute("k")``, returned once all have joined."""
+        all_waiting = harness.observer.misses_reach(count)
+        tasks = [asyncio.create_task(cache.get_or_compute("k", self)) for _ in range(count)]
+        await all_waiting.wait()
+        return tasks
+
+
 async def test_concurrent_misses_compute_once(harness: Harness) -> None:
     cache = await harness.cache()
-    release = asyncio.Event()
-    calls: list[int] = []
-
-    async def slow_model() -> tuple[Any, bool]:
-        calls.append(1)
-        await release.wait()
-        return {"discount_pct": 5.0}, True
-
-    all_waiting = harness.observer.misses_reach(100)
-    tasks = [asyncio.create_task(cache.get_or_compute("k", slow_model)) for _ in range(100)]
-    await all_waiting.wait()
-    release.set()
+    computation = GatedComputation({"discount_pct": 5.0})
+    tasks = await computation.joined_by(harness, cache, 100)
+    computation.release.set()
     results = await asyncio.gather(*tasks)
-    assert len(calls) == 1
+    assert computation.calls == 1
     assert all(r.value == {"discount_pct": 5.0} for r in results)
     statuses = [r.status for r in results]
     assert statuses.count(CacheStatus.MISS) == 1
@@ -312,20 +329,11 @@ async def test_a_failed_computation_reaches_every_waiter_and_is_not_stored(
     harness: Harness,
 ) -> None:
     cache = await harness.cache()
-    release = asyncio.Event()
-    calls: list[int] = []
-
-    async def broken_model() -> tuple[Any, bool]:
-        calls.append(1)
-        await release.wait()
-        raise RuntimeError("model exploded")
-
-    all_waiting = harness.observer.misses_reach(100)
-    tasks = [asyncio.create_task(cache.get_or_compute("k", broken_model)) for _ in range(100)]
-    await all_waiting.wait()
-    release.set()
+    computation = GatedComputation(RuntimeError("model exploded"))
+    tasks = await computation.joined_by(harness, cache, 100)
+    computation.release.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert len(calls) == 1
+    assert computation.calls == 1
     assert all(isinstance(r, RuntimeError) and str(r) == "model exploded" for r in results)
     assert await cache.get("k") is MISS
     ok, ok_calls = computing("recovered")
@@ -335,28 +343,18 @@ async def test_a_failed_computation_reaches_every_waiter_and_is_not_stored(
 
 async def test_a_cancelled_waiter_does_not_cancel_the_computation(harness: Harness) -> None:
     cache = await harness.cache()
-    release = asyncio.Event()
-    calls: list[int] = []
-
-    async def slow_model() -> tuple[Any, bool]:
-        calls.append(1)
-        await release.wait()
-        return "value", True
-
-    all_waiting = harness.observer.misses_reach(4)
-    leader = asyncio.create_task(cache.get_or_compute("k", slow_model))
-    waiters = [asyncio.create_task(cache.get_or_compute("k", slow_model)) for _ in range(3)]
-    await all_waiting.wait()
+    computation = GatedComputation("value")
+    leader, *waiters = await computation.joined_by(harness, cache, 4)
     leader.cancel()  # the caller that started the computation gives up
     waiters[0].cancel()
     with pytest.raises(asyncio.CancelledError):
         await leader
-    release.set()
+    computation.release.set()
     with pytest.raises(asyncio.CancelledError):
         await waiters[0]
     results = await asyncio.gather(*waiters[1:])
     assert [r.value for r in results] == ["value", "value"]
-    assert len(calls) == 1
+    assert computation.calls == 1
     assert await cache.get("k") == "value"
 
 

@@ -76,16 +76,21 @@ def body(answer: Answer) -> Any:
 
 
 async def test_independent_stages_run_concurrently(tmp_path: Path) -> None:
+    """Each stage waits for the other to have started: run one after the other, the first
+    would wait forever (and time out); run concurrently, both finish."""
     svc = service()
+    left_started, right_started = asyncio.Event(), asyncio.Event()
 
-    @svc.stage
+    @svc.stage(timeout="1s", fallback=lambda q: -1)
     async def left(q: Query) -> int:
-        await asyncio.sleep(0.1)
+        left_started.set()
+        await right_started.wait()
         return 1
 
-    @svc.stage
+    @svc.stage(timeout="1s", fallback=lambda q: -2)
     async def right(q: Query) -> int:
-        await asyncio.sleep(0.1)
+        right_started.set()
+        await left_started.wait()
         return 2
 
     @svc.respond
@@ -93,40 +98,38 @@ async def test_independent_stages_run_concurrently(tmp_path: Path) -> None:
         return {"sum": left + right}
 
     async with serving(svc, tmp_path, deadline="2s") as h:
-        started = time.perf_counter()
         answer = await h.ask()
-        elapsed = time.perf_counter() - started
     assert (answer.status, body(answer)) == (200, {"sum": 3})
-    assert elapsed < 0.19, f"two 100 ms stages took {elapsed:.3f} s: they ran one after the other"
     assert set(answer.context.stage_ms) == {"left", "right"}
 
 
-async def test_a_level_starts_tasks_only_once_a_stage_suspends(tmp_path: Path) -> None:
+async def test_a_level_runs_concurrently_from_the_first_stage_that_suspends(
+        tmp_path: Path) -> None:
     """Stages that finish at once run inline; from the first that suspends on, the rest run
-    concurrently; a timeout a stage enters itself (as redis-py does) stays its own."""
+    concurrently; a timeout a stage enters itself (as redis-py does) stays its own, and a
+    stage over its own timeout gets its fallback."""
     svc = service()
-    tasks: dict[str, asyncio.Task[Any] | None] = {}
+    slow_started, client_done = asyncio.Event(), asyncio.Event()
 
     @svc.stage
     async def instant(q: Query) -> int:
-        tasks["instant"] = asyncio.current_task()
         return 1
 
     @svc.stage(timeout="1s")
     async def client_timeout(q: Query) -> int:
-        tasks["client_timeout"] = asyncio.current_task()
         try:
             async with asyncio.timeout(0.02):  # its own, like a client's socket timeout
                 await asyncio.sleep(1)
         except TimeoutError:
-            await asyncio.sleep(0.08)
+            client_done.set()
+            await asyncio.wait_for(slow_started.wait(), 0.5)  # `slow` runs meanwhile
             return 2
         return -2
 
     @svc.stage
     async def slow(q: Query) -> int:
-        tasks["slow"] = asyncio.current_task()
-        await asyncio.sleep(0.1)
+        slow_started.set()
+        await asyncio.wait_for(client_done.wait(), 0.5)
         return 3
 
     @svc.stage(timeout="30ms", fallback=lambda q: -4, category=FEATURES_UNAVAILABLE)
@@ -140,15 +143,9 @@ async def test_a_level_starts_tasks_only_once_a_stage_suspends(tmp_path: Path) -
         return {"values": [instant, client_timeout, slow, too_slow]}
 
     async with serving(svc, tmp_path, deadline="2s") as h:
-        started = time.perf_counter()
         answer = await h.ask()
-        elapsed = time.perf_counter() - started
     assert (answer.status, body(answer)) == (200, {"values": [1, 2, 3, -4]})
-    assert elapsed < 0.18, f"stages of one level ran one after the other: {elapsed:.3f} s"
     assert answer.context.fallback_categories == ["features_unavailable"]
-    # the first two ran in the request's task; the one after the first suspension in its own
-    assert tasks["instant"] is tasks["client_timeout"]
-    assert tasks["slow"] is not tasks["instant"]
 
 
 async def test_dependencies_come_from_parameter_names(tmp_path: Path) -> None:

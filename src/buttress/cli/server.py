@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,14 +53,18 @@ def ensure_port_free(host: str, port: int) -> None:
             raise TargetError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
-def wait_until_ready(base_url: str, timeout: float = 30.0) -> None:
-    """Poll ``/readyz`` until it answers 200; raise ``TimeoutError`` after ``timeout``."""
+def wait_until_ready(base_url: str, timeout: float = 30.0,
+                     alive: Callable[[], bool] | None = None) -> None:
+    """Poll ``/readyz`` until it answers 200; raise ``TimeoutError`` after ``timeout``, or
+    ``RuntimeError`` as soon as ``alive()`` says the server process has exited."""
     import time
 
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server at {base_url} exited before it was ready")
         try:
             if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
                 return
