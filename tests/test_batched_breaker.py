@@ -57,7 +57,7 @@ async def test_one_slow_batch_is_one_failure(tmp_path: Path) -> None:
         answers = await fire(runtime, 20)
         assert all("model_timeout" in a.context.fallback_categories for a in answers)
         await asyncio.sleep(0.2)  # the slow batch finishes and reports its one outcome
-        breaker = runtime.pipeline.runtimes["score"].breaker
+        breaker = runtime.pipeline.stages["score"].breaker
         assert breaker is not None
         assert breaker.state is BreakerState.CLOSED
         healthy = await fire(runtime, 5)
@@ -72,7 +72,7 @@ async def test_unbatched_slow_calls_count_per_request(tmp_path: Path) -> None:
     try:
         for _ in range(3):
             await fire(runtime, 1)
-        breaker = runtime.pipeline.runtimes["score"].breaker
+        breaker = runtime.pipeline.stages["score"].breaker
         assert breaker is not None
         assert breaker.state is BreakerState.OPEN
     finally:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from buttress.backends import Connections
-from buttress.cache import MISS, Cache, CacheStatus, ResponseCache
+from buttress.cache import MISS, Cache, CacheStatus, ResultCache
 from buttress.resilience.categories import Category
 from tests.support import MACHINE_REDIS_URL, FakeClock, unique_prefix
 
@@ -65,14 +65,14 @@ class Harness:
     connections: Connections
     clock: FakeClock = field(default_factory=FakeClock)
     observer: RecordingObserver = field(default_factory=RecordingObserver)
-    caches: list[ResponseCache] = field(default_factory=list)
+    caches: list[ResultCache] = field(default_factory=list)
 
     @property
     def is_redis(self) -> bool:
         return self.url.startswith("redis")
 
-    async def cache(self, scope: str = "response", **policy: Any) -> ResponseCache:
-        cache = ResponseCache(
+    async def cache(self, scope: str = "response", **policy: Any) -> ResultCache:
+        cache = ResultCache(
             Cache(url=self.url, **policy),
             namespace=self.namespace,
             scope=scope,
@@ -394,7 +394,7 @@ async def test_replicas_share_entries_and_invalidation(harness: Harness) -> None
     """Redis only: memory:// is per process by design."""
     other_replica_connections = Connections()
     try:
-        other = ResponseCache(Cache(url=harness.url), namespace=harness.namespace, scope="response")
+        other = ResultCache(Cache(url=harness.url), namespace=harness.namespace, scope="response")
         await other.open(other_replica_connections)
         cache = await harness.cache()
         await cache.set("k", "shared")
@@ -412,19 +412,19 @@ async def test_replicas_share_entries_and_invalidation(harness: Harness) -> None
 
 
 async def test_an_unopened_cache_says_so() -> None:
-    cache = ResponseCache(Cache(), namespace="svc")
+    cache = ResultCache(Cache(), namespace="svc")
     with pytest.raises(RuntimeError, match="not open"):
         await cache.get("k")
 
 
 def test_names_are_checked() -> None:
     with pytest.raises(ValueError):
-        ResponseCache(Cache(), namespace="svc", scope="a:b")
+        ResultCache(Cache(), namespace="svc", scope="a:b")
     with pytest.raises(ValueError):
-        ResponseCache(Cache(), namespace="{svc}")
-    assert ResponseCache(Cache(), namespace="svc", default_url="redis://h:1/0").url == (
+        ResultCache(Cache(), namespace="{svc}")
+    assert ResultCache(Cache(), namespace="svc", default_url="redis://h:1/0").url == (
         "redis://h:1/0"
     )
-    assert ResponseCache(Cache(url="memory://"), namespace="svc", default_url="redis://h").url == (
+    assert ResultCache(Cache(url="memory://"), namespace="svc", default_url="redis://h").url == (
         "memory://"
     )

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from buttress.backends import Connections
-from buttress.cache import Cache, CacheStatus, ResponseCache
+from buttress.cache import Cache, CacheStatus, ResultCache
 from tests.support import unique_prefix
 from tests.test_cache_contract import RecordingObserver
 
@@ -25,7 +25,7 @@ class Replicas:
         self.pools = [Connections(), Connections()]
         self.observers = [RecordingObserver(), RecordingObserver()]
         self.caches = [
-            ResponseCache(Cache(url=url, lock=lock), namespace=self.namespace, observer=observer)
+            ResultCache(Cache(url=url, lock=lock), namespace=self.namespace, observer=observer)
             for observer in self.observers
         ]
 

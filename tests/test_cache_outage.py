@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from buttress.backends import Connections
-from buttress.cache import MISS, Cache, CacheStatus, CacheUnavailable, ResponseCache
+from buttress.cache import MISS, Cache, CacheStatus, CacheUnavailable, ResultCache
 from buttress.resilience.breaker import Breaker
 from buttress.resilience.categories import Category
 from tests.support import FakeClock, PrivateRedis, unique_prefix
@@ -30,7 +30,7 @@ class Outage:
         self.clock = FakeClock()
         self.observer = RecordingObserver()
         self.connections = Connections()
-        self.cache = ResponseCache(
+        self.cache = ResultCache(
             Cache(url=f"{server.url}?timeout=50ms"),
             namespace=unique_prefix("outage"),
             observer=self.observer,

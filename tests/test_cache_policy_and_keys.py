@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from buttress.cache import Cache, KeyHasher, ResponseCache, cache_key, canonical_json
+from buttress.cache import Cache, KeyHasher, ResultCache, cache_key, canonical_json
 from buttress.cache.keys import serializer_is_canonical
 
 
@@ -149,6 +149,6 @@ def test_a_payload_that_is_not_data_raises_type_error() -> None:
 
 
 def test_the_declared_key_callable_narrows_the_running_cache_keys() -> None:
-    cache = ResponseCache(Cache(key=lambda o: o.user.id), namespace="svc", scope="features")
+    cache = ResultCache(Cache(key=lambda o: o.user.id), namespace="svc", scope="features")
     order = Order.model_validate_json(ORDER_A)
     assert cache.key(order, "v1") == cache_key("svc", "features", "v1", 42)

@@ -10,7 +10,7 @@ import pytest
 
 from buttress.backends import Connections
 from buttress.backends.coalesce import TickBatcher
-from buttress.cache import MISS, Cache, ResponseCache
+from buttress.cache import MISS, Cache, ResultCache
 from buttress.cache.redis import RedisStore
 from tests.support import PrivateRedis, evalsha_calls, unique_prefix
 
@@ -19,7 +19,7 @@ from tests.support import PrivateRedis, evalsha_calls, unique_prefix
 @pytest.mark.slow
 async def test_concurrent_reads_share_one_round_trip(private_redis: PrivateRedis) -> None:
     connections = Connections()
-    cache = ResponseCache(Cache(url=private_redis.url), namespace=unique_prefix("tick"))
+    cache = ResultCache(Cache(url=private_redis.url), namespace=unique_prefix("tick"))
     await cache.open(connections)
     try:
         await cache.set_many([(f"k{i}", i) for i in range(100)])
@@ -38,7 +38,7 @@ async def test_concurrent_reads_share_one_round_trip(private_redis: PrivateRedis
 async def test_cancelled_readers_leave_no_reply_behind(machine_redis_url: str) -> None:
     connections = Connections()
     namespace = unique_prefix("cancel")
-    cache = ResponseCache(Cache(url=machine_redis_url), namespace=namespace, scope="s")
+    cache = ResultCache(Cache(url=machine_redis_url), namespace=namespace, scope="s")
     await cache.open(connections)
     try:
         await cache.set_many([(f"k{i}", f"v{i}") for i in range(50)])

@@ -256,7 +256,7 @@ async def test_v2_and_predict_rows_share_batches(model: Any, rows: np.ndarray,
         predict = [runtime.answer(orjson.dumps({"values": rows[i].tolist()}), request_id=str(i))
                    for i in range(8, 16)]
         answers = await asyncio.gather(*v2, *predict)
-        batcher = runtime.pipeline.runtimes["regressor"].batcher
+        batcher = runtime.pipeline.stages["regressor"].batcher
         assert batcher is not None
         assert batcher.stats().batches == 1
         expected = model.predict(rows[:16])
@@ -272,7 +272,7 @@ async def test_batches_show_in_their_prometheus_metrics(model: Any, rows: np.nda
     them: 12 concurrent requests make one batch of 12 rows, and the queue ends empty."""
     svc = make_service(model, batch=bt.Batch(max_size=64, max_wait="20ms", adaptive=False))
     async with serving(svc, tmp_path) as (runtime, client):
-        batcher = runtime.pipeline.runtimes["regressor"].batcher
+        batcher = runtime.pipeline.stages["regressor"].batcher
         assert batcher is not None
         before = batcher.stats()  # whatever start-up ran
         await asyncio.gather(*(runtime.answer(orjson.dumps({"values": rows[i].tolist()}),
@@ -336,7 +336,7 @@ async def test_bad_tensors_are_400_and_leave_the_breaker_alone(
                                          content=orjson.dumps(document))
             assert response.status_code == 400
             assert message in response.json()["error"]
-        breaker = runtime.pipeline.runtimes["regressor"].breaker
+        breaker = runtime.pipeline.stages["regressor"].breaker
         assert breaker is not None
         assert breaker.state == "closed"
 
@@ -368,7 +368,7 @@ async def test_a_batched_v2_call_counts_once_in_the_breaker(
     svc = make_service(failing_on_negative(model), batch=bt.Batch(max_size=8, max_wait="1ms"),
                        breaker=bt.Breaker(consecutive_failures=2, open_for="1min"))
     async with serving(svc, tmp_path) as (runtime, client):
-        breaker = runtime.pipeline.runtimes["regressor"].breaker
+        breaker = runtime.pipeline.stages["regressor"].breaker
         assert breaker is not None
         bad = rows[:1].copy()
         bad[:, 0] = -1000.0

@@ -60,11 +60,11 @@ class Service:
         """A valid request: shown in the OpenAPI document and used to warm the model up."""
         self.description = description
         self.cache = cache
+        """Module-level cache of whole responses, keyed by the validated input and the model
+        version; ``None`` for none."""
         self.guardrails = tuple(guardrails)
         """Limits on what the service hands out; a refused request gets the model stages'
         fallbacks (the default prediction)."""
-        """Module-level cache of whole responses, keyed by the validated input and the model
-        version; ``None`` for none."""
         self.stages: list[StageSpec] = []
         self.responder: StageSpec | None = None
         self.resources: dict[str, ResourceFactory] = {}

@@ -1,6 +1,6 @@
 """Response and stage caches: answer repeated inputs in microseconds instead of recomputing.
 
-``bt.Cache(...)`` declares a cache; :class:`ResponseCache` runs it for one owner (the service's
+``bt.Cache(...)`` declares a cache; :class:`ResultCache` runs it for one owner (the service's
 response, or one stage). Backends by URL: ``memory://`` (bounded LRU + TTL, per process) and
 ``redis://`` (shared by replicas, invalidated by a generation counter). A failing backend is a
 miss, never an error; fallback answers are never stored (``cacheable=False``).
@@ -19,7 +19,7 @@ from buttress.cache.outcomes import (
     Missing,
 )
 from buttress.cache.policy import Cache
-from buttress.cache.response import Compute, ComputeMany, ResponseCache
+from buttress.cache.response import Compute, ComputeMany, ResultCache
 
 __all__ = [
     "MISS",
@@ -33,7 +33,7 @@ __all__ = [
     "KeyHasher",
     "Lookup",
     "Missing",
-    "ResponseCache",
+    "ResultCache",
     "cache_key",
     "canonical_json",
 ]

@@ -1,6 +1,6 @@
 """``bt.Cache``: how one response or one stage is cached, declared once and validated then.
 
-The declaration holds no state; :class:`buttress.cache.ResponseCache` is the running cache built
+The declaration holds no state; :class:`buttress.cache.ResultCache` is the running cache built
 from it for one owner (the service's response, or one stage).
 """
 

@@ -1,7 +1,7 @@
 """The running cache of one owner: the service's response, or one stage's answers.
 
 Built from a :class:`~buttress.cache.policy.Cache` declaration; opened on the service's
-connections. Keys come from :attr:`ResponseCache.key` (``key(payload, model_version)``).
+connections. Keys come from :attr:`ResultCache.key` (``key(payload, model_version)``).
 
 What is never stored: a compute that returns ``cacheable=False``. The pipeline passes ``False``
 for fallback answers and for anything built while a breaker was open (a stage's or the model's):
@@ -47,7 +47,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _OWNED = object()  # this process holds the compute lock
 
 
-class ResponseCache:
+class ResultCache:
     """One owner's cache. ``key(payload, model_version)`` names an entry; ``get``/``set``,
     ``get_many``/``set_many`` (one round trip), ``get_or_compute`` (single-flight, returns a
     :class:`~buttress.cache.outcomes.Lookup`), ``get_or_compute_many``, ``invalidate``,
@@ -83,7 +83,7 @@ class ResponseCache:
 
     def __repr__(self) -> str:
         url = parse_backend_url(self.url).redacted()
-        return f"ResponseCache({self.namespace}/{self.scope}, {url})"
+        return f"ResultCache({self.namespace}/{self.scope}, {url})"
 
     async def open(self, connections: Connections) -> None:
         url = parse_backend_url(self.url)

@@ -60,7 +60,7 @@ def admin_routes(runtime: Runtime) -> list[Route]:
             "ready": runtime.ready,
             "model_version": pipeline.model_version,
             "breakers": {name: stage.breaker.state.value
-                         for name, stage in pipeline.runtimes.items() if stage.breaker},
+                         for name, stage in pipeline.stages.items() if stage.breaker},
             "events_dropped": runtime.events.dropped,
             "caches": {c.name: {**c.cache.stats().__dict__, "url": c.cache.url}
                        for c in pipeline.caches},

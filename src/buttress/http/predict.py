@@ -1,7 +1,7 @@
 """``POST /predict`` as a plain ASGI handler.
 
 It is the hot path, so it skips Starlette's Request/Response objects (≈10 µs a request,
-PERFORMANCE.md) and does only what the transport must: enforce the body size (413), pick the
+docs/performance.md) and does only what the transport must: enforce the body size (413), pick the
 request id and deadline from headers, and write the answer with the buttress headers.
 """
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of one service, with label children bound once.
 
 ``.labels(...)`` costs about 0.7 µs a call; binding the children when the service is built
-and keeping them in dicts makes each increment a quarter of that (PERFORMANCE.md).
+and keeping them in dicts makes each increment a quarter of that (docs/performance.md).
 
 The metrics every request touches (in flight, requests by status, latency) are tallied as
 plain numbers and moved into Prometheus in bulk (:class:`RequestTally`): each

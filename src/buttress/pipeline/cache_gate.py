@@ -1,4 +1,4 @@
-"""Binds a :class:`~buttress.cache.ResponseCache` into the pipeline, for the whole response
+"""Binds a :class:`~buttress.cache.ResultCache` into the pipeline, for the whole response
 (module level) or one stage's output (sub-module level).
 
 The cache stores ``(value, fallbacks applied)``, and only when no fallback happened while
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from buttress.cache import Cache, CacheStatus, ResponseCache
+from buttress.cache import Cache, CacheStatus, ResultCache
 from buttress.pipeline.context import AppliedFallback, RequestContext
 from buttress.resilience.categories import Category
 
@@ -71,7 +71,7 @@ class CachedComputation:
                  metrics: ServiceMetrics) -> None:
         self.name = name
         self._stage = None if name == RESPONSE else name
-        self.cache = ResponseCache(policy, namespace=service, scope=name,
+        self.cache = ResultCache(policy, namespace=service, scope=name,
                                    default_url=default_url, breaker=policy.breaker,
                                    observer=_CacheMetrics(metrics, name))
 

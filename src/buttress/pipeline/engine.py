@@ -62,17 +62,17 @@ class Pipeline:
 
         self.response_cache = cache(service.cache, "response")
         threads = (model_threads, native_threads)
-        self.runtimes = {s.name: StageRuntime(s, metrics, threads, cache(s.cache, s.name))
-                         for s in service.stages}
-        self.levels = [[self.runtimes[s.name] for s in level] for level in
+        self.stages = {s.name: StageRuntime(s, metrics, threads, cache(s.cache, s.name))
+                       for s in service.stages}
+        self.levels = [[self.stages[s.name] for s in level] for level in
                        order_in_levels(service.stages, provided=set(service.resources))]
         """The stages in dependency order: each level needs only earlier ones."""
         self.responder = service.responder
         self.output_model = service.output
-        models = [r for r in self.runtimes.values() if r.runner is not None]
+        models = [r for r in self.stages.values() if r.runner is not None]
         self.model_version = ",".join(r.version for r in models)
         self.model_stages = frozenset(r.spec.name for r in models)
-        self.every_stage_has_fallback = all(r.spec.has_fallback for r in self.runtimes.values())
+        self.every_stage_has_fallback = all(r.spec.has_fallback for r in self.stages.values())
         self.gate: GuardrailGate | None = None
         if service.guardrails:
             self.gate = GuardrailGate(
@@ -80,7 +80,7 @@ class Pipeline:
 
     @property
     def caches(self) -> list[CachedComputation]:
-        stage_caches = [r.cache for r in self.runtimes.values() if r.cache is not None]
+        stage_caches = [r.cache for r in self.stages.values() if r.cache is not None]
         return [c for c in (self.response_cache, *stage_caches) if c is not None]
 
     async def open(self, connections: Connections) -> None:
@@ -177,7 +177,7 @@ class Pipeline:
         if not results:
             return await self._compute(request, ctx, default_prediction=True)
         for name in self.model_stages:
-            spec = self.runtimes[name].spec
+            spec = self.stages[name].spec
             if spec.has_fallback:
                 results[name] = spec.fallback_value(request)
         return self._respond(request, results, ctx)
@@ -306,7 +306,7 @@ class Pipeline:
         return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def reset_breakers(self) -> None:
-        for stage in self.runtimes.values():
+        for stage in self.stages.values():
             stage.reset_breaker()
             reset_remote = getattr(stage.runner, "reset_breaker", None)
             if reset_remote is not None:
@@ -314,7 +314,7 @@ class Pipeline:
 
     async def aclose(self) -> None:
         """Finish what the batchers hold, then stop the model threads and the gates."""
-        for stage in self.runtimes.values():
+        for stage in self.stages.values():
             await stage.aclose()
         for cached in self.caches:
             await cached.cache.aclose()

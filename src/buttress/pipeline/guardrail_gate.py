@@ -7,7 +7,7 @@ prediction), so it never overspends.
 
 Admissions of the requests that reach this point in the same event-loop iteration go to the
 backend together, in one call (one Lua script on Redis): a Redis round trip per request would
-cost more than a request's whole budget (PERFORMANCE.md); the coalescing is the cache's and the
+cost more than a request's whole budget (docs/performance.md); the coalescing is the cache's and the
 feature store's (:mod:`buttress.backends.coalesce`). On ``memory://`` a call costs a few
 microseconds and is made directly.
 

@@ -51,7 +51,7 @@ class ServedModels:
         if name not in pipeline.model_stages:
             known = ", ".join(sorted(pipeline.model_stages)) or "none"
             raise OipError(404, f"unknown model {name!r}; models: {known}")
-        stage = pipeline.runtimes[name]
+        stage = pipeline.stages[name]
         if version is not None and version != stage.version:
             raise OipError(404, f"model {name!r} has version {stage.version!r}, "
                                 f"not {version!r}")

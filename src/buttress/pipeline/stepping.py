@@ -4,7 +4,7 @@ Most stages finish without ever suspending: a look-up in a ``memory://`` feature
 cached value, an ``async def`` that awaits nothing slow. Giving each of them a Task (so that
 independent stages run concurrently) and a timer (its timeout) costs more than the stage
 itself: ≈ 3 µs per Task and ≈ 5 µs per ``asyncio.timeout_at`` before the event loop's own
-share (PERFORMANCE.md). So the pipeline steps each stage's coroutine once, in the request's
+share (docs/performance.md). So the pipeline steps each stage's coroutine once, in the request's
 own task, and only if it suspends arms its timeout or starts the stages after it as Tasks.
 
 A coroutine stepped here keeps running in the task that stepped it: ``Resumed`` hands the
