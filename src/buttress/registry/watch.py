@@ -16,13 +16,14 @@ An unreachable registry is logged and retried: the watcher never ends on its own
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections import deque
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 from buttress.registry.backend import ChangeSignal
 from buttress.registry.errors import RegistryUnavailable
-from buttress.registry.records import AliasMoved
+from buttress.registry.records import ALIASES, AliasMoved
 
 if TYPE_CHECKING:
     from buttress.registry.registry import Registry
@@ -50,6 +51,7 @@ class RegistryWatcher:
         self._mark = -1
         self._stack: AsyncExitStack | None = None
         self._signal: ChangeSignal | None = None
+        self._pending: deque[AliasMoved] = deque()
 
     async def __aenter__(self) -> RegistryWatcher:
         self._stack = AsyncExitStack()
@@ -66,21 +68,20 @@ class RegistryWatcher:
             await self._stack.aclose()
         self._stack = self._signal = None
 
-    def __aiter__(self) -> AsyncIterator[AliasMoved]:
-        return self._moves()
+    def __aiter__(self) -> RegistryWatcher:
+        return self
 
-    async def _moves(self) -> AsyncIterator[AliasMoved]:
+    async def __anext__(self) -> AliasMoved:
+        """The next move; moves seen in one look are handed out one by one, in order."""
         if self._signal is None:
             raise RuntimeError("use the watcher inside `async with registry.watch(...)`")
-        while True:
+        while not self._pending:
             await self._signal.wait(self.interval)
             try:
-                moves = await self.check()
+                self._pending.extend(await self.check())
             except RegistryUnavailable as error:
                 log.warning("registry watcher: %s; retrying in %.1fs", error, self.interval)
-                continue
-            for moved in moves:
-                yield moved
+        return self._pending.popleft()
 
     async def check(self) -> list[AliasMoved]:
         """Look now: the moves since the last look (none when the change mark stood still)."""
@@ -96,7 +97,7 @@ class RegistryWatcher:
                   for (name, alias), version in current.items()
                   if (name, alias) not in self.pointers]
         self.pointers = current
-        return sorted(moves, key=lambda m: (m.name, m.alias))
+        return sorted(moves, key=lambda m: (m.name, ALIASES.index(m.alias)))
 
     async def _read(self) -> Pointers:
         backend = self._registry.backend
