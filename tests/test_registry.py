@@ -19,6 +19,7 @@ from buttress.registry import (
     ChecksumMismatch,
     NothingToRollBack,
     Registry,
+    RegistryUnavailable,
     UnknownModel,
     UnknownVersion,
     VersionExists,
@@ -26,7 +27,13 @@ from buttress.registry import (
 from buttress.registry.summary import summarize
 from buttress.runners import as_runner
 from tests.model_files import ROWS, lightgbm_file
-from tests.support import MACHINE_REDIS_URL, FakeClock, delete_namespaces, unique_prefix
+from tests.support import (
+    MACHINE_REDIS_URL,
+    FakeClock,
+    delete_namespaces,
+    free_port,
+    unique_prefix,
+)
 
 BACKENDS = [
     pytest.param("sqlite:///{tmp_path}/registry.db", id="sqlite"),
@@ -316,3 +323,17 @@ async def test_a_changed_artifact_is_refused_counted_and_logged(
             await registry.load("discount")
     assert refused == [("discount", "checksum"), ("discount", "missing")]
     assert "refused to load discount v1 (checksum)" in caplog.text
+
+
+async def test_an_unreachable_registry_raises_registry_unavailable(
+        tmp_path: Path, artifact: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    async with Registry(f"sqlite:///{tmp_path}/a-file/registry.db",
+                        models_dir=tmp_path / "models") as registry:
+        with pytest.raises(RegistryUnavailable, match="registry sqlite"):
+            await registry.names()
+    async with Registry(f"redis://127.0.0.1:{free_port()}/0",
+                        models_dir=tmp_path / "models") as registry:
+        with pytest.raises(RegistryUnavailable, match="registry redis"):
+            await registry.register("discount", artifact, who="alice")
+        assert not (tmp_path / "models" / "discount" / "v1").exists()

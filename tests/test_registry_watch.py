@@ -5,6 +5,7 @@ SQLite within a second."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -153,3 +154,29 @@ async def test_a_sqlite_watcher_sees_a_change_from_another_process_within_a_seco
             noticed = time.time()
             assert (moved.alias, moved.version) == ("stable", "v1")
             assert noticed - float(out) < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+async def test_a_watcher_outlives_a_frozen_redis(
+        private_redis: PrivateRedis, tmp_path: Path, artifact: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis stops answering (SIGSTOP): the watcher logs, keeps trying, and once Redis is
+    back it reports the next move as if nothing happened."""
+    url = private_redis.url + "?timeout=100ms"
+    async with open_registry(url, tmp_path) as operator, \
+            open_registry(url, tmp_path, namespace=operator.namespace) as replica:
+        await prepared(operator, artifact)
+        async with replica.watch(interval=0.2) as watcher:
+            waiting = asyncio.ensure_future(next_move(watcher, within=10.0))
+            assert private_redis.process is not None
+            private_redis.process.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(1.0)
+            finally:
+                private_redis.process.send_signal(signal.SIGCONT)
+            assert not waiting.done()
+            await operator.rollback("discount", who="bob")
+            moved = await waiting
+            assert (moved.alias, moved.version) == ("stable", "v1")
+    assert "registry watcher" in caplog.text  # it said why it was not answering

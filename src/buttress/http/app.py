@@ -72,8 +72,10 @@ def _starlette(runtime: Runtime) -> Starlette:
         try:
             yield
         finally:
-            await runtime.stop()
-            await registry.aclose()
+            try:
+                await runtime.stop()
+            finally:
+                await registry.aclose()
 
     app = Starlette(
         routes=[

@@ -57,7 +57,13 @@ class ArtifactStore:
                 dst.flush()
                 os.fsync(dst.fileno())
             size = (staging / target.name).stat().st_size
-            staging.rename(target.parent)
+            try:
+                staging.rename(target.parent)
+            except OSError as error:  # another registration took this version meanwhile
+                if target.parent.exists():
+                    raise VersionExists(f"{target.parent} already exists: a version is "
+                                        "written once") from error
+                raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
