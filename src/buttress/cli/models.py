@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from buttress.config import ConfigError, load_settings
-from buttress.registry import Change, Registry, RegistryError
+from buttress.registry import Change, ModelVersion, Registry, RegistryError
 from buttress.registry.formats import FORMATS
 
 T = TypeVar("T")
@@ -95,6 +95,35 @@ def register(
     typer.echo(f"{record.name} {record.version}: registered {record.format}, "
                f"{record.size} bytes, sha256 {record.sha256}"
                + (" (candidate)" if candidate else ""))
+
+
+@app.command("import")
+def import_model(
+    name: Annotated[str, typer.Argument(help="The model's name in buttress.")],
+    model_dir: Annotated[Path, typer.Argument(help="An MLflow model directory (has MLmodel).")],
+    version: Annotated[str | None, typer.Option(help="Version (default v<n>).")] = None,
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", help="Accept a pickled flavor (sklearn; it runs code when loaded).")
+    ] = False,
+    candidate: Annotated[bool, typer.Option(
+        "--candidate/--no-candidate", help="Point the candidate alias at it.")] = True,
+    reason: ReasonOption = "",
+    registry: RegistryOption = None, models_dir: ModelsDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Register the model an MLflow model directory holds (onnx, lightgbm, sklearn flavors),
+    without MLflow and without unpickling it."""
+    from buttress.registry.from_mlflow import find_artifact
+
+    async def run(r: Registry) -> ModelVersion:
+        found = find_artifact(model_dir)
+        return await r.register(name, found.path, who=operator(), version=version,
+                                format=found.format, notes=found.notes, why=reason,
+                                allow_pickle=allow_pickle, candidate=candidate)
+
+    record = _with_registry(registry, models_dir, config, run)
+    typer.echo(f"{record.name} {record.version}: imported {record.format} ({record.notes}), "
+               f"{record.size} bytes, sha256 {record.sha256}")
 
 
 @app.command()
