@@ -1,7 +1,7 @@
 """Import a model that MLflow saved: a local model directory holding an ``MLmodel`` file.
 
     mlflow artifacts download -u models:/discount/3 -d ./discount-3
-    buttress models import discount ./discount-3/model      # or the directory holding MLmodel
+    buttress models import discount ./discount-3     # the directory holding the MLmodel file
 
 MLflow itself is not needed, and not used: its loaders unpickle whatever the flavor saved
 (MLflow's CVE-2024-37052 … 37060). The ``MLmodel`` file is read as YAML data
