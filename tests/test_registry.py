@@ -4,12 +4,10 @@ aliases moved by promote and rollback, the audit history, serving reports, verif
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -27,34 +25,8 @@ from buttress.registry import (
 from buttress.registry.summary import summarize
 from buttress.runners import as_runner
 from tests.model_files import ROWS, lightgbm_file
-from tests.support import (
-    MACHINE_REDIS_URL,
-    FakeClock,
-    delete_namespaces,
-    free_port,
-    unique_prefix,
-)
-
-BACKENDS = [
-    pytest.param("sqlite:///{tmp_path}/registry.db", id="sqlite"),
-    pytest.param(MACHINE_REDIS_URL, id="redis", marks=pytest.mark.redis),
-]
-
-
-@contextlib.asynccontextmanager
-async def open_registry(url: str, tmp_path: Path, **options: Any) -> AsyncIterator[Registry]:
-    """A registry in a namespace of its own; on Redis its keys are deleted afterwards. Given
-    a ``namespace``, it is a second view of a registry another test opened, and cleans up
-    nothing."""
-    owner = "namespace" not in options
-    options.setdefault("namespace", unique_prefix("registry"))
-    registry = Registry(url, models_dir=tmp_path / "models", **options)
-    try:
-        yield registry
-    finally:
-        await registry.aclose()
-        if owner and registry.url.is_redis:
-            await delete_namespaces(url, [registry.namespace])
+from tests.registry_support import BACKENDS, open_registry
+from tests.support import FakeClock, free_port
 
 
 @pytest.fixture(params=BACKENDS)

@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 
 from buttress.registry import AliasMoved, Registry, RegistryWatcher
 from tests.model_files import lightgbm_file
+from tests.registry_support import BACKENDS, open_registry
 from tests.support import PrivateRedis
-from tests.test_registry import BACKENDS, open_registry
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
