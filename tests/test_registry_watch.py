@@ -5,7 +5,9 @@ SQLite within a second."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -180,3 +182,24 @@ async def test_a_watcher_outlives_a_frozen_redis(
             moved = await waiting
             assert (moved.alias, moved.version) == ("stable", "v1")
     assert "registry watcher" in caplog.text  # it said why it was not answering
+
+
+def set_change_mark(path: Path, value: int) -> None:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("UPDATE registry_meta SET value = ? WHERE key = 'changes'", (value,))
+
+
+async def test_a_watcher_resyncs_even_when_the_change_mark_misleads_it(
+        tmp_path: Path, artifact: Path) -> None:
+    """The change mark restarted (a Redis without persistence does that) and reached the
+    count the watcher last saw: the periodic full re-read still finds the move."""
+    url = f"sqlite:///{tmp_path}/registry.db"
+    async with open_registry(url, tmp_path) as registry:
+        await prepared(registry, artifact)
+        mark = await registry.backend.change_mark()
+        async with registry.watch(interval=0.05, resync_every=0.5) as watcher:
+            set_change_mark(tmp_path / "registry.db", mark - 1)
+            await registry.rollback("discount", who="bob")  # the mark is back at `mark`
+            assert await watcher.check() == []  # fooled by the mark...
+            moved = await next_move(watcher, within=2.0)  # ...but not for long
+            assert (moved.alias, moved.version) == ("stable", "v1")

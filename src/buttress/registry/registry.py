@@ -204,10 +204,11 @@ class Registry:
         return self.load(declared.name, declared.alias, allow_pickle=declared.allow_pickle,
                          trusted_types=declared.trusted_types)
 
-    def watch(self, names: Iterable[str] | None = None, *,
-              interval: float | None = None) -> RegistryWatcher:
+    def watch(self, names: Iterable[str] | None = None, *, interval: float | None = None,
+              resync_every: float | None = None) -> RegistryWatcher:
         """A watcher of alias moves (of ``names``, or every model); see
         :class:`~buttress.registry.watch.RegistryWatcher`."""
-        from buttress.registry.watch import RegistryWatcher
+        from buttress.registry.watch import RESYNC_EVERY, RegistryWatcher
 
-        return RegistryWatcher(self, names, interval=interval)
+        return RegistryWatcher(self, names, interval=interval,
+                               resync_every=resync_every or RESYNC_EVERY)

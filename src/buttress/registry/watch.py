@@ -16,6 +16,7 @@ An unreachable registry is logged and retried: the watcher never ends on its own
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
@@ -34,18 +35,25 @@ DEFAULT_INTERVALS = {"sqlite": 0.2, "redis": 5.0, "rediss": 5.0}
 """Seconds between re-checks: SQLite is polled (a one-row read, so often is cheap); Redis
 pushes changes and the re-check only heals a missed message."""
 
+RESYNC_EVERY = 30.0
+"""Seconds between full re-reads whatever the change mark says: the mark lives with the
+registry, so a Redis restarted without persistence starts it again from 0, and a watcher
+whose last mark the new count happens to reach would otherwise miss a move until the next."""
+
 Pointers = dict[tuple[str, str], str]
 
 
 class RegistryWatcher:
     def __init__(self, registry: Registry, names: Iterable[str] | None = None, *,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None, resync_every: float = RESYNC_EVERY) -> None:
         self._registry = registry
         self._names = None if names is None else tuple(names)
         self.interval = interval if interval is not None else DEFAULT_INTERVALS[
             registry.url.scheme]
-        if self.interval <= 0:
-            raise ValueError(f"watch interval must be positive, got {self.interval}")
+        if self.interval <= 0 or resync_every <= 0:
+            raise ValueError("watch interval and resync_every must be positive")
+        self._resync_every = resync_every
+        self._synced_at = 0.0
         self.pointers: Pointers = {}
         """``(name, alias) -> version`` as last seen."""
         self._mark = -1
@@ -61,6 +69,7 @@ class RegistryWatcher:
         # mark makes the next look re-read them and find no difference, never a missed move
         self._mark = await self._registry.backend.change_mark()
         self.pointers = await self._read()
+        self._synced_at = time.monotonic()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -77,19 +86,22 @@ class RegistryWatcher:
             raise RuntimeError("use the watcher inside `async with registry.watch(...)`")
         while not self._pending:
             await self._signal.wait(self.interval)
+            full = time.monotonic() - self._synced_at >= self._resync_every
             try:
-                self._pending.extend(await self.check())
+                self._pending.extend(await self.check(full=full))
             except RegistryUnavailable as error:
                 log.warning("registry watcher: %s; retrying in %.1fs", error, self.interval)
         return self._pending.popleft()
 
-    async def check(self) -> list[AliasMoved]:
-        """Look now: the moves since the last look (none when the change mark stood still)."""
+    async def check(self, *, full: bool = False) -> list[AliasMoved]:
+        """Look now: the moves since the last look. Without ``full``, a change mark that stood
+        still means none; ``full`` re-reads the states whatever the mark says."""
         mark = await self._registry.backend.change_mark()
-        if mark == self._mark:
+        if mark == self._mark and not full:
             return []
         current = await self._read()
         self._mark = mark
+        self._synced_at = time.monotonic()
         moves = [AliasMoved(name, alias, current.get((name, alias)), version)
                  for (name, alias), version in self.pointers.items()
                  if current.get((name, alias)) != version]
