@@ -130,3 +130,12 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 def test_settings_objects_are_independent() -> None:
     one, two = Settings(deadline="1s"), Settings(deadline="2s")
     assert (one.deadline, two.deadline) == (1.0, 2.0)
+
+
+def test_the_registry_defaults_to_an_embedded_file_and_must_be_sqlite_or_redis() -> None:
+    settings = load_settings()
+    assert settings.registry_url == "sqlite:///var/registry.db"
+    assert settings.models_dir == "var/models"
+    assert load_settings(registry_url="redis://r:6379/2").registry_url == "redis://r:6379/2"
+    with pytest.raises(ConfigError, match="BUTTRESS_REGISTRY_URL"):
+        load_settings(registry_url="memory://")

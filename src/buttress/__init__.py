@@ -16,6 +16,7 @@ from buttress.guardrails import FixedWindow, SlidingWindow
 from buttress.interface import ContractViolation, Input, Output, field
 from buttress.pipeline.context import RequestContext
 from buttress.pipeline.runtime import Runtime
+from buttress.registry import FromRegistry, Registry
 from buttress.resilience.breaker import Breaker
 from buttress.resilience.categories import Category
 from buttress.runners import RemoteModel
@@ -32,8 +33,10 @@ __all__ = [
     "FeatureStore",
     "FeatureTable",
     "FixedWindow",
+    "FromRegistry",
     "Input",
     "Output",
+    "Registry",
     "RemoteModel",
     "RequestContext",
     "Runtime",

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(30.0, description="Seconds to finish in-flight work on SIGTERM.")
     admin_token: str | None = Field(None, description="Bearer token for /admin; unset = off.")
     metrics_dir: str = "var/prometheus"
+    registry_url: str = Field("sqlite:///var/registry.db", description="Model registry URL: "
+                              "sqlite:///path.db on one machine, redis://host:port/db shared.")
+    models_dir: str = Field("var/models", description="Where registered model artifacts live.")
     log_level: str = "info"
 
     @field_validator("deadline", "max_deadline", "drain_timeout", "admission_target",
@@ -105,6 +108,14 @@ class Settings(BaseSettings):
         """Guardrail counters live in memory or Redis; a SQLite default backend means memory."""
         return _memory_or_redis(self.guardrails_url or self.backend)
 
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_url(cls, value: str) -> str:
+        url = parse_backend_url(value)
+        if not (url.is_sqlite or url.is_redis):
+            raise ValueError("the registry lives in sqlite:///path.db or redis://host:port/db")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -109,6 +109,13 @@ class ServiceMetrics:
         self._events_dropped = Counter(
             "buttress_events_dropped_total", "Events dropped because the buffer was full.",
             ["service"], registry=r).labels(service)
+        self._model_changes = Counter(
+            "buttress_model_changes_total", "Registry changes made through this service "
+            "(action: register, promote, rollback).", ["service", "model", "action"], registry=r)
+        self._models_refused = Counter(
+            "buttress_model_loads_refused_total", "Model artifacts refused at load (reason: "
+            "checksum, missing, pickle, untrusted_types).", ["service", "model", "reason"],
+            registry=r)
         self._bound: dict[tuple[str, ...], Counter] = {}
         self.requests = RequestTally(LATENCY_BUCKETS)
         """Requests in flight, by status and by latency: plain numbers on the request path."""
@@ -154,6 +161,12 @@ class ServiceMetrics:
 
     def set_breaker_open(self, stage: str, is_open: bool) -> None:
         self._breaker_state.labels(self.service, stage).set(1 if is_open else 0)
+
+    def count_model_change(self, model: str, action: str) -> None:
+        self._child(self._model_changes, model, action).inc()
+
+    def count_model_refused(self, model: str, reason: str) -> None:
+        self._child(self._models_refused, model, reason).inc()
 
     def count_events_dropped(self, n: int = 1) -> None:
         self._events_dropped.inc(n)
