@@ -1,6 +1,6 @@
 """The discount demo: how much discount to give on each sub-order of an order.
 
-Serve it with ``buttress serve examples/discount/service.py:svc`` (or ``buttress demo``).
+Serve it with ``buttress demo`` (or ``buttress serve buttress.demo.service:svc``).
 It exercises every layer: a typed input that absorbs a renamed key (``seller_margin``) and
 wrong types, user and product feature look-ups that fall back to default features, a
 scikit-learn model behind a deadline and a circuit breaker with a default prediction.
@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 
 import buttress as bt
-from examples.discount.data import (
+from buttress.demo.data import (
     PRODUCT_DEFAULTS,
     USER_DEFAULTS,
     generate_products,
     generate_users,
 )
-from examples.discount.model import DEFAULT_DISCOUNT_PCT, build_rows, clip_discount
-from examples.discount.train import load_model
+from buttress.demo.model import DEFAULT_DISCOUNT_PCT, build_rows, clip_discount
+from buttress.demo.train import load_model
 
 MODEL_VERSION = "v1"
 
@@ -102,8 +102,8 @@ async def features(runtime: bt.Runtime) -> bt.FeatureStore:
                          namespace=svc.name)
     await store.open(runtime.connections)
     if not (await store.get_many("user", [1])).found[0]:
-        await store.put_many("user", generate_users())
-        await store.put_many("product", generate_products())
+        await store.put_many("user", generate_users().items())
+        await store.put_many("product", generate_products().items())
     return store
 
 
