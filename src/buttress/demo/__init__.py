@@ -17,12 +17,12 @@ from __future__ import annotations
 import importlib.util
 
 INSTALL_HINT = "pip install 'buttress[demo]'"
-_REQUIREMENTS = {"sklearn": "scikit-learn", "joblib": "joblib"}  # module -> distribution
+REQUIREMENTS = {"sklearn": "scikit-learn", "joblib": "joblib"}  # module -> distribution
 
 
 def missing_requirements() -> list[str]:
     """The demo's dependencies that are not installed (distribution names); empty if none."""
-    return [dist for module, dist in _REQUIREMENTS.items()
+    return [dist for module, dist in REQUIREMENTS.items()
             if importlib.util.find_spec(module) is None]
 
 

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from buttress.demo import INSTALL_HINT, data
+from buttress.demo import REQUIREMENTS, data, requirements_message
 from buttress.demo.model import FEATURE_NAMES, as_order, build_rows, clip_discount
 
 try:
@@ -44,8 +44,8 @@ try:
     import sklearn
     from sklearn.ensemble import HistGradientBoostingRegressor
 except ModuleNotFoundError as error:  # the core install leaves them out; the demo extra has them
-    raise ModuleNotFoundError(f"the demo needs {error.name}: {INSTALL_HINT}",
-                              name=error.name) from error
+    needed = REQUIREMENTS.get(error.name or "", error.name or "its dependencies")
+    raise ModuleNotFoundError(requirements_message([needed]), name=error.name) from error
 
 METRICS_FILE = "metrics.json"
 CACHE_DIR_NAME = "demo-models"
