@@ -61,6 +61,13 @@ def test_serving_the_demo_module_without_scikit_learn_names_the_extra() -> None:
     assert line.endswith("(the demo needs scikit-learn: pip install 'buttress[demo]')")
 
 
+def test_the_examples_pointer_serves_the_packaged_demo() -> None:
+    from buttress.demo.service import svc
+    from examples.discount.service import svc as pointer
+
+    assert pointer is svc
+
+
 def run(*args: str | Path, cwd: Path | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure show everything it printed."""
