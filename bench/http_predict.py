@@ -27,7 +27,7 @@ UVICORN = [PY, "-m", "uvicorn", "--port", "{port}", "--loop", "uvloop", "--http"
            "--no-access-log", "--log-level", "warning"]
 SCENARIOS = {
     "raw starlette": ([*UVICORN, "bench.baseline_app:app"], "/readyz"),
-    "buttress": ([PY, "-m", "buttress.cli", "serve", "examples/discount/service.py:svc",
+    "buttress": ([PY, "-m", "buttress.cli", "serve", "buttress.demo.service:svc",
                   "--port", "{port}"], "/readyz"),
 }
 ADMIN_TOKEN = "bench"

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import LOAD_CPU, Server, pinned
 
 PY = sys.executable
-DEMO = [PY, "-m", "buttress.cli", "serve", "examples/discount/service.py:svc", "--port", "{port}"]
+DEMO = [PY, "-m", "buttress.cli", "serve", "buttress.demo.service:svc", "--port", "{port}"]
 RAW = [PY, "-m", "uvicorn", "--port", "{port}", "--loop", "uvloop", "--http", "httptools",
        "--no-access-log", "--log-level", "warning", "bench.baseline_app:app"]
 ADMIN_TOKEN = "bench"

@@ -25,7 +25,7 @@ from buttress.cli.server import wait_until_ready
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = f"{REPO / 'examples/discount/service.py'}:svc"
+DEMO = "buttress.demo.service:svc"  # a module target: the demo ships in the package
 FAULTY = f"{REPO / 'tests/services/faulty.py'}:svc"
 
 # One OpenMP thread per model call: on a 2-core machine shared with other processes,
