@@ -125,7 +125,9 @@ class Queue:
         (or ``earliest`` if that comes first)."""
         counts = self._counts
         for item in self._items:
-            if not item.queued:
+            # A caller cancelled this iteration has a done future but is still queued: it
+            # gives its rows back when it resumes (``remove``); failing it here would raise.
+            if not item.queued or item.future.done():
                 continue
             if item.deadline <= now:
                 self.remove(item)
