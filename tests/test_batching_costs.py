@@ -80,7 +80,8 @@ async def test_deadlines_cost_one_timer_per_batch_not_one_per_item(
         await gate.wait()
         return batch.sum(axis=1)
 
-    batcher = Batcher(Batch(max_size=64, max_wait="1ms", adaptive=False), held)
+    # Only fullness flushes (a stalled loop iteration must not flush a partial batch).
+    batcher = Batcher(Batch(max_size=64, max_wait="10s", adaptive=False), held)
     start = time.monotonic()
     first = [asyncio.ensure_future(batcher.submit(np.ones((1, 2)), deadline=start + 5 + i / 1e3))
              for i in range(64)]  # fills one batch: it starts at once
