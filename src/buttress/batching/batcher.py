@@ -2,7 +2,7 @@
 
 Why hand-written: the batchers of MLServer and Ray Serve live inside their servers, and no
 standalone asyncio library keeps the per-item cost inside our budget (≈ 25 µs for the whole
-request, see PERFORMANCE.md) while honouring rows-not-requests sizing, deadlines, a bounded
+request, see docs/performance.md) while honouring rows-not-requests sizing, deadlines, a bounded
 queue and per-item failure isolation.
 
 ``Batcher`` composes its parts, one job each, and decides what happens next (``_schedule``,

@@ -1,7 +1,7 @@
 """Deadlines: an item whose deadline passes is failed by the batcher, never left to wait.
 
 Why its own module: a caller needs no timeout of its own around ``submit`` (a
-``wait_for`` per request costs ≈ 5 µs, PERFORMANCE.md), so the batcher alone enforces
+``wait_for`` per request costs ≈ 5 µs, docs/performance.md), so the batcher alone enforces
 deadlines (absolute ``clock()`` values, ``time.monotonic`` by default), in three places:
 
 * at ``submit``: a deadline already past is refused with ``ExpiredInQueue``;
