@@ -35,7 +35,7 @@ from buttress.batching.observer import BatcherStats, BatchObserver, Counts, noti
 from buttress.batching.policy import Batch
 from buttress.batching.queue import Item, Queue
 from buttress.batching.run import Run, Runs
-from buttress.batching.runner import Rows, Runner
+from buttress.batching.runner import BatchCall, Rows
 
 
 class Batcher:
@@ -47,7 +47,7 @@ class Batcher:
     def __init__(
         self,
         policy: Batch,
-        run: Runner,
+        run: BatchCall,
         *,
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,

@@ -25,7 +25,7 @@ from buttress.batching.deadlines import expire
 from buttress.batching.isolation import Bisection, Budget
 from buttress.batching.observer import Counts
 from buttress.batching.queue import Item
-from buttress.batching.runner import Rows, RunCancelled, Runner
+from buttress.batching.runner import BatchCall, Rows, RunCancelled
 
 _log = logging.getLogger("buttress.batching")
 
@@ -49,7 +49,7 @@ class Runs:
 
     def __init__(
         self,
-        model: Runner,
+        model: BatchCall,
         counts: Counts,
         on_done: Callable[[Run, asyncio.Future[Rows]], None],
     ) -> None:
