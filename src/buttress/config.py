@@ -54,8 +54,9 @@ class Settings(BaseSettings):
         "auto", description="Requests in flight at once: 'auto' (learned: adaptive admission), "
         "a number (a fixed cap), or 'off'. The excess is answered at once (overload_response).")
     admission_target: float | None = Field(
-        None, description="Mean time in the server that max_concurrency='auto' holds admitted "
-        "requests to; default: half the shortest stage timeout.")
+        None, description="Mean time in the server above which max_concurrency='auto' counts "
+        "admitted requests as unhealthy (so does a stage's own timeout firing); default: half "
+        "the deadline.")
     overload_response: Literal["fallback", "503"] = Field(
         "fallback", description="What a request beyond max_concurrency gets: every stage's "
         "fallback (category 'overloaded'), or 503 with Retry-After.")

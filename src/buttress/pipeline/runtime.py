@@ -213,7 +213,7 @@ class Runtime:
             tally.in_flight -= 1
         seconds = time.perf_counter() - clock
         if admitted and limit is not None:
-            limit.sample(seconds, in_flight + 1)
+            limit.sample(seconds, in_flight + 1, ctx.timed_out)
         if record:
             self.finish(ctx, status, seconds)
         return Answer(status, payload, ctx)
@@ -270,9 +270,8 @@ class Runtime:
 def admission_limit(settings: Settings, service: Service) -> ConcurrencyLimit | None:
     """The door's limit for ``max_concurrency``: learned (``auto``), fixed, or none.
 
-    Learned, it holds admitted requests to ``admission_target`` in the server, by default half
-    the shortest stage timeout (a quarter of the deadline if no stage has one): a request
-    that spends longer than that queued behind others is one whose stages start timing out.
+    Learned, it keeps admitted requests healthy: their stages' own timeouts not firing, and
+    their mean time in the server under ``admission_target`` (by default half the deadline).
     """
     setting = settings.max_concurrency
     if setting == "off":
@@ -281,8 +280,5 @@ def admission_limit(settings: Settings, service: Service) -> ConcurrencyLimit | 
         fixed = int(setting)
         return Admission("1h", initial_limit=fixed, min_limit=fixed, max_limit=fixed).build(
             time.monotonic)
-    target = settings.admission_target
-    if target is None:
-        timeouts = [s.timeout for s in service.stages if s.timeout is not None]
-        target = min(timeouts) / 2 if timeouts else settings.deadline / 4
+    target = settings.admission_target or settings.deadline / 2
     return Admission(target).build(time.monotonic)

@@ -305,6 +305,8 @@ class StageRuntime:
         """The fallback for a stage that raised, timed out or was refused (``StageFailed``
         if it has none), its breaker fed and the failure logged."""
         failure = self._judge(error, gave_up=gave_up, reached_batcher=reached_batcher)
+        if failure is Failure.TIMEOUT and not gave_up:
+            ctx.timed_out = True
         category = self.spec.categories.of(failure)
         elapsed = time.perf_counter() - clock
         detail = (f"no answer within {1000 * elapsed:.0f} ms" if failure is Failure.TIMEOUT
