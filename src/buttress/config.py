@@ -7,6 +7,7 @@ server at start with the offending key named.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,20 @@ class Settings(BaseSettings):
                                        "backend (memory:// when backend is sqlite).")
     events_dir: str = "var/events"
     events_buffer: int = Field(10_000, ge=100)
+    # rotation and retention: 0 turns each limit off (TOML has no null)
+    events_rotate_bytes: int | None = Field(
+        64 * 1024 * 1024, description="Start a new event file past this size ('64MiB').")
+    events_rotate_interval: float | None = Field(
+        3600.0, description="Start a new event file this often ('1h').")
+    events_keep_days: float | None = Field(
+        7.0, description="Delete event files older than this many days.")
+    events_keep_bytes: int | None = Field(
+        None, description="Delete the oldest event files past this total ('1GiB').")
+    events_stdout: bool = Field(False, description="Also write each event as a JSON line "
+                                "to stdout, for a log collector.")
+    log_sample_rate: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of clean successes whose prediction summary "
+        "is logged; fallbacks and errors always are.")
     model_threads: int = Field(2, ge=1, le=64)
     model_native_threads: int = Field(
         1, ge=1, le=256, description="Threads one model call may use in native code (OpenMP, "
@@ -58,11 +73,34 @@ class Settings(BaseSettings):
     @field_validator("deadline", "max_deadline", "drain_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
-        # Environment values are strings: a bare number there ("0.25", as `serve --workers`
-        # hands settings to its workers) means seconds, as it does in the TOML file.
-        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
-            value = float(value)
-        return seconds(value)
+        return duration_setting(value)
+
+    @field_validator("events_rotate_interval", mode="before")
+    @classmethod
+    def _optional_duration(cls, value: Any) -> float | None:
+        if value is None or value in ("", "0", 0):
+            return None
+        return duration_setting(value)
+
+    @field_validator("events_keep_days", mode="before")
+    @classmethod
+    def _days(cls, value: Any) -> float | None:
+        if value is None or value in ("", "0", 0):
+            return None
+        days = float(value)
+        if days < 0:
+            raise ValueError("must not be negative")
+        return days
+
+    @field_validator("events_rotate_bytes", "events_keep_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int | None:
+        if value is None or value in ("", "0", 0):
+            return None
+        result = byte_size(value)
+        if result < 1024:
+            raise ValueError("must be at least 1KiB (or 0: no limit)")
+        return result
 
     @field_validator("backend", "features_url", "cache_url", "guardrails_url")
     @classmethod
@@ -108,6 +146,32 @@ class Settings(BaseSettings):
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+
+def duration_setting(value: Any) -> float:
+    """A duration setting in seconds. Environment values are strings: a bare number there
+    ("0.25", as `serve --workers` hands settings to its workers) means seconds, as it does in
+    the TOML file."""
+    if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+        value = float(value)
+    return seconds(value)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+               "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def byte_size(value: Any) -> int:
+    """``"64MiB"``, ``"1GB"``, ``"500"`` or a number: a size in bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like '64MiB', got a bool")
+    if isinstance(value, int | float):
+        return int(value)
+    match = _SIZE.match(str(value))
+    if match is None:
+        raise ValueError(f"{value!r} is not a size like '64MiB', '1GB' or 1048576")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
 
 
 def _memory_or_redis(url: str) -> str:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[["Runtime"], Awaitable[None]]
 ResourceFactory = Callable[["Runtime"], Awaitable[Any]]
+PredictionSummary = Callable[[Any, Any], dict[str, Any] | None]
 DEFAULT_BREAKER = Breaker()
 
 
@@ -70,6 +71,7 @@ class Service:
         self.resources: dict[str, ResourceFactory] = {}
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
+        self.prediction_summary: PredictionSummary | None = None
 
     # -- declarations ----------------------------------------------------------------------
 
@@ -127,6 +129,21 @@ class Service:
         self.responder = declare(fn, name="respond", timeout=None, fallback=NO_FALLBACK,
                                  categories=StageCategories.single(Category.INTERNAL),
                                  breaker=None, kind="respond")
+        return fn
+
+    def log_prediction(self, fn: PredictionSummary) -> PredictionSummary:
+        """Declare what each request's event says about its prediction (its ``prediction``
+        field): ``fn(request, response)`` returns a small dict of JSON values, e.g. the order
+        value and the discount handed out. ``response`` is the Output the client got, or
+        None when the request failed.
+
+        It runs in the event writer, never in the request: it costs the response nothing,
+        and an exception in it leaves ``{"error": ...}`` in the field, not a failed request.
+        Every fallback and failure is summarized; clean successes by ``log_sample_rate``.
+        """
+        if self.prediction_summary is not None:
+            raise ValueError(f"service {self.name!r} already has a @log_prediction function")
+        self.prediction_summary = fn
         return fn
 
     def resource(self, factory: ResourceFactory) -> ResourceFactory:
