@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +27,15 @@ DEFAULT_CONFIG_FILE = "buttress.toml"
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key."""
+
+
+class InsightsSettings(BaseModel):
+    """``[insights]``: named SQL queries over the events (``buttress insights --saved NAME``),
+    under ``[insights.queries]``; they add to (or replace) the built-in ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):
@@ -69,6 +78,7 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(None, description="Bearer token for /admin; unset = off.")
     metrics_dir: str = "var/prometheus"
     log_level: str = "info"
+    insights: InsightsSettings = Field(default_factory=InsightsSettings)
 
     @field_validator("deadline", "max_deadline", "drain_timeout", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from buttress.cli.features import app as features_app
+from buttress.cli.insights import insights
 from buttress.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ ConfigOption = Annotated[str | None, typer.Option("--config", help="Path to butt
 
 
 app.add_typer(features_app, name="features", help="Load and inspect feature stores.")
+app.command("insights")(insights)
 
 
 @app.callback()
