@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from buttress.backends import parse_backend_url
+from buttress.observability.alert_rules import AlertRule
 from buttress.resilience.durations import seconds
 
 DEFAULT_CONFIG_FILE = "buttress.toml"
@@ -79,8 +80,13 @@ class Settings(BaseSettings):
     metrics_dir: str = "var/prometheus"
     log_level: str = "info"
     insights: InsightsSettings = Field(default_factory=InsightsSettings)
+    alerts: list[AlertRule] = Field(default_factory=list, description="Alert rules "
+                                    "([[alerts]] tables; docs/observability.md).")
+    alerts_interval: float = Field(15.0, description="Seconds between two evaluations of "
+                                   "the alert rules ('15s').")
 
-    @field_validator("deadline", "max_deadline", "drain_timeout", mode="before")
+    @field_validator("deadline", "max_deadline", "drain_timeout", "alerts_interval",
+                     mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return duration_setting(value)
@@ -133,6 +139,15 @@ class Settings(BaseSettings):
         """Guardrail counters live in memory or Redis; a SQLite default backend means memory."""
         return _memory_or_redis(self.guardrails_url or self.backend)
 
+
+    @field_validator("alerts")
+    @classmethod
+    def _unique_alerts(cls, rules: list[AlertRule]) -> list[AlertRule]:
+        names = [rule.name for rule in rules]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"alert names must be unique: {', '.join(duplicated)}")
+        return rules
 
     @field_validator("log_level")
     @classmethod

@@ -29,12 +29,14 @@ if TYPE_CHECKING:
     from buttress.cache import Cache
     from buttress.config import Settings
     from buttress.guardrails.policy import Guardrail
+    from buttress.observability.alerts import AlertNotice
     from buttress.pipeline.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[["Runtime"], Awaitable[None]]
 ResourceFactory = Callable[["Runtime"], Awaitable[Any]]
 PredictionSummary = Callable[[Any, Any], dict[str, Any] | None]
+AlertAction = Callable[["AlertNotice"], Awaitable[None]]
 DEFAULT_BREAKER = Breaker()
 
 
@@ -72,6 +74,7 @@ class Service:
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
         self.prediction_summary: PredictionSummary | None = None
+        self.alert_actions: dict[str, AlertAction] = {}
 
     # -- declarations ----------------------------------------------------------------------
 
@@ -145,6 +148,17 @@ class Service:
             raise ValueError(f"service {self.name!r} already has a @log_prediction function")
         self.prediction_summary = fn
         return fn
+
+    def alert_action(self, name: str) -> Callable[[AlertAction], AlertAction]:
+        """Declare an action alert rules can name in ``actions`` (``await fn(notice)`` when
+        a rule fires or resolves), or replace a built-in one: the model registry plugs its
+        ``rollback`` in here."""
+
+        def register(fn: AlertAction) -> AlertAction:
+            self.alert_actions[name] = fn
+            return fn
+
+        return register
 
     def resource(self, factory: ResourceFactory) -> ResourceFactory:
         """Declare a resource (a feature store, a client) built when the server starts.

@@ -27,6 +27,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.metrics_core import Metric
@@ -109,6 +110,17 @@ class ServiceMetrics:
         self._events_dropped = Counter(
             "buttress_events_dropped_total", "Events dropped because the buffer was full.",
             ["service"], registry=r).labels(service)
+        self._alerts_firing = Gauge(
+            "buttress_alerts_firing", "1 while an alert rule is firing.", ["service", "alert"],
+            multiprocess_mode="livemax", registry=r)
+        self._loop_lag = Gauge(
+            "buttress_event_loop_lag_seconds", "How late the event loop ran a timer, in "
+            "seconds (the largest over the last second): CPU-bound work on the loop.",
+            ["service"], multiprocess_mode="livemax", registry=r).labels(service)
+        if not multiprocess_enabled():
+            # process_cpu_seconds_total, process_resident_memory_bytes, open fds...; under
+            # --workers N the multiprocess aggregate has no per-process collectors
+            ProcessCollector(registry=r)
         self._bound: dict[tuple[str, ...], Counter] = {}
         self.requests = RequestTally(LATENCY_BUCKETS)
         """Requests in flight, by status and by latency: plain numbers on the request path."""
@@ -157,6 +169,23 @@ class ServiceMetrics:
 
     def count_events_dropped(self, n: int = 1) -> None:
         self._events_dropped.inc(n)
+
+    def set_alert_firing(self, alert: str, firing: bool) -> None:
+        self._alerts_firing.labels(self.service, alert).set(1 if firing else 0)
+
+    def set_loop_lag(self, seconds: float) -> None:
+        self._loop_lag.set(seconds)
+
+    def collect(self) -> list[Metric]:
+        """Every metric family as a scrape would see it (all workers under ``--workers N``;
+        reading their files is I/O, so call that from a thread after :meth:`flush`)."""
+        if multiprocess_enabled():
+            from prometheus_client import multiprocess
+
+            aggregate = CollectorRegistry()
+            multiprocess.MultiProcessCollector(aggregate)  # type: ignore[no-untyped-call]
+            return list(aggregate.collect())
+        return list(self.registry.collect())
 
 
 class RequestTally:
