@@ -45,6 +45,9 @@ class AlertRule(BaseModel):
     # a query rule
     query: str | None = None
     saved: str | None = None
+    promql: str | None = None
+    """For a query rule: the same number as PromQL, if a metric has it; then
+    ``buttress alerts export-prometheus`` exports it as a recording rule and an alert."""
     # both
     window: float = 300.0
     op: Literal[">", ">=", "<", "<="] = ">"
@@ -77,6 +80,9 @@ class AlertRule(BaseModel):
             raise ValueError(f"alert {self.name!r}: a ratio needs over = <denominator metric>")
         if self.function == "quantile" and self.quantile is None:
             raise ValueError(f"alert {self.name!r}: a quantile needs quantile = 0.99 (say)")
+        if self.promql is not None and self.metric is not None:
+            raise ValueError(f"alert {self.name!r}: promql is for query rules; a metric rule "
+                             "exports its own")
         if "webhook" in self.actions and not self.webhook:
             raise ValueError(f"alert {self.name!r}: the webhook action needs webhook = URL")
         return self

@@ -203,6 +203,27 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     return lower_bound
 
 
+RuleValues = dict[str, tuple[float | None, str | None]]
+
+
+def query_values(rules: Sequence[AlertRule], events_dir: str | Path,
+                 saved: Mapping[str, str], now: float) -> RuleValues:
+    """Each query rule's number over its window of events (blocking: DuckDB reads files),
+    and why there is none when there is not."""
+    values: RuleValues = {}
+    for rule in rules:
+        try:
+            sql = rule.query if rule.query is not None else saved_query(rule.saved or "", saved)
+            result = run_query(events_dir, sql, since=now - rule.window)
+            cell = result.rows[0][0] if result.rows and result.rows[0] else None
+            values[rule.name] = (None if cell is None else float(cell), None)
+        except InsightsError as error:  # no events yet, or a bad query: no data
+            values[rule.name] = (None, str(error).splitlines()[0])
+        except (TypeError, ValueError) as error:
+            values[rule.name] = (None, f"the query's first cell is not a number: {error}")
+    return values
+
+
 # -- the evaluator ---------------------------------------------------------------------------
 
 
@@ -283,9 +304,10 @@ class AlertEvaluator:
         if any(rule.is_metric_rule for rule in self.rules):
             self._history.record(now, await self._collect())
         query_rules = [rule for rule in self.rules if not rule.is_metric_rule]
-        values: dict[str, tuple[float | None, str | None]] = {}
+        values: RuleValues = {}
         if query_rules:
-            values = await asyncio.to_thread(self._query_values, query_rules, now)
+            values = await asyncio.to_thread(query_values, query_rules, self.events_dir,
+                                             self._saved, now)
         notices = []
         for rule in self.rules:
             status = self.statuses[rule.name]
@@ -301,22 +323,6 @@ class AlertEvaluator:
             self._notify(notice)
         self._write_state()
         return notices
-
-    def _query_values(self, rules: Sequence[AlertRule],
-                      now: float) -> dict[str, tuple[float | None, str | None]]:
-        values: dict[str, tuple[float | None, str | None]] = {}
-        for rule in rules:
-            try:
-                sql = rule.query if rule.query is not None else saved_query(
-                    rule.saved or "", self._saved)
-                result = run_query(self.events_dir, sql, since=now - rule.window)
-                cell = result.rows[0][0] if result.rows and result.rows[0] else None
-                values[rule.name] = (None if cell is None else float(cell), None)
-            except InsightsError as error:  # no events yet, or a bad query: no data
-                values[rule.name] = (None, str(error).splitlines()[0])
-            except (TypeError, ValueError) as error:
-                values[rule.name] = (None, f"the query's first cell is not a number: {error}")
-        return values
 
     def _step(self, status: AlertStatus, now: float) -> AlertNotice | None:
         rule = status.rule
