@@ -129,3 +129,32 @@ def test_a_business_alert_fires_posts_its_webhook_and_resolves(tmp_path: Path) -
     assert [(e["alert"], e["state"]) for e in alerts] == [
         ("large_discounts", "firing"), ("large_discounts", "resolved")]
     assert "[FIRING] large_discounts" in server.output()  # the log action
+
+
+def test_with_two_workers_one_process_evaluates(tmp_path: Path) -> None:
+    with webhook_receiver() as hooks:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "buttress.toml").write_text(f"""
+alerts_interval = "0.2s"
+
+[[alerts]]
+name = "served"
+metric = "buttress_requests_total"
+threshold = 3
+actions = ["webhook"]
+webhook = "{hooks.url}"
+""")
+        with running_server(LOGGED_DEMO, tmp_path, args=["--workers", "2"]) as server, \
+                httpx.Client(base_url=server.base_url, timeout=10) as http:
+            for i in range(10):
+                assert http.post("/predict", json=demo_order(f"o-{i}")).status_code == 200
+            deadline = time.monotonic() + 15
+            while not hooks.bodies and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)  # time for a second evaluator, if there were one, to fire too
+            assert server.stop() == 0, server.output()
+    assert hooks.states() == ["firing"], "one evaluator for the two workers"
+    alerts = server.events(kind="alert")
+    assert [(e["alert"], e["state"]) for e in alerts] == [("served", "firing")]
+    state = orjson.loads((server.events_dir / "alerts-state-discount.json").read_bytes())
+    assert state["pid"] == alerts[0]["pid"]
