@@ -4,9 +4,10 @@ import buttress as bt
 
 # in the order ruff's RUF022 keeps __all__: constants, classes, then functions
 PUBLIC = [
-    "NO_FALLBACK", "Batch", "Breaker", "Cache", "Category", "ContractViolation", "FeatureStore",
-    "FeatureTable", "FixedWindow", "Input", "Output", "RemoteModel", "RequestContext", "Runtime",
-    "Service", "Settings", "SlidingWindow", "__version__", "field", "load_settings",
+    "NO_FALLBACK", "AlertNotice", "Batch", "Breaker", "Cache", "Category", "ContractViolation",
+    "FeatureStore", "FeatureTable", "FixedWindow", "Input", "Output", "RemoteModel",
+    "RequestContext", "Runtime", "Service", "Settings", "SlidingWindow", "__version__", "field",
+    "load_settings",
 ]
 
 
