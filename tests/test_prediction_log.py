@@ -1,7 +1,9 @@
-"""Prediction summaries and exception events: what a request's event tells beyond its status."""
+"""Prediction summaries, exception events and loop lag: what a service tells beyond statuses."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +140,13 @@ async def test_the_runtime_records_exceptions_beside_request_events(tmp_path: Pa
     assert [e["kind"] for e in events] == ["exception", "request"]
     assert (events[0]["category"], events[0]["stage"], events[0]["service"]) == (
         "model_error", "model", "scored")
+
+
+async def test_event_loop_lag_is_measured(tmp_path: Path) -> None:
+    async with serving(scored_service(), tmp_path) as h:
+        await asyncio.sleep(0.3)
+        time.sleep(0.3)  # noqa: ASYNC251 - on purpose: work holding the loop
+        await asyncio.sleep(1.1)
+        lag = h.sample("buttress_event_loop_lag_seconds")
+    # a 250 ms timer was due somewhere in those 300 ms: it fired 50-300 ms late
+    assert 0.05 <= lag < 1.0
