@@ -85,7 +85,10 @@ def test_one_event_per_request_under_concurrency_across_rotations(tmp_path: Path
                                                 "mean_discount_pct", "app_version"}
         else:
             assert event["prediction"] is None
-    assert by_id["req-2"]["fallbacks"] == ["model_error"]
+    failing = [by_id[f"req-{i}"]["fallbacks"] for i in range(2, 300, 5)]  # fail-model-*
+    # the model raised, or its breaker had opened on the earlier ones
+    assert all(f in (["model_error"], ["model_unavailable"]) for f in failing)
+    assert ["model_error"] in failing
     assert by_id["req-1"]["prediction"]["app_version"] == "5.11.0"
     stdout = [orjson.loads(line) for line in server.output().splitlines()
               if line.startswith("{")]
