@@ -195,3 +195,15 @@ def test_a_deferred_field_is_computed_by_the_writer() -> None:
     log.flush()
     assert [e["prediction"] for e in sink.events] == [
         {"double": 2}, {"error": "ZeroDivisionError: boom"}, None]
+
+
+def test_values_json_cannot_hold_are_written_as_text(tmp_path: Path) -> None:
+    import decimal
+
+    import numpy as np
+
+    sink = JsonlSink(tmp_path)
+    sink.write([{"prediction": {"pct": np.float64(7.5), "n": np.int64(3), 1: "x",
+                                "price": decimal.Decimal("9.99")}}])
+    sink.close()
+    assert _lines(tmp_path) == [{"prediction": {"pct": 7.5, "n": 3, "1": "x", "price": "9.99"}}]
