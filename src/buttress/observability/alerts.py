@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client.metrics_core import Metric
@@ -34,6 +34,10 @@ from prometheus_client.metrics_core import Metric
 from buttress.observability.alert_rules import AlertRule
 from buttress.observability.events import SCHEMA_VERSION, Event
 from buttress.observability.insights import InsightsError, run_query, saved_query
+from buttress.observability.metrics import ServiceMetrics, multiprocess_enabled
+
+if TYPE_CHECKING:
+    from buttress.config import Settings
 
 log = logging.getLogger("buttress.alerts")
 
@@ -408,3 +412,30 @@ class AlertEvaluator:
             await self._http.aclose()
         if self._lock is not None:
             self._lock.release()
+
+
+def alert_state_file(events_dir: str | Path, service: str) -> Path:
+    """Where the evaluator leaves its rules' state for ``buttress alerts list``."""
+    return Path(events_dir) / f"alerts-state-{service}.json"
+
+
+def evaluator_for(settings: Settings, metrics: ServiceMetrics, service: str, *,
+                  emit: Callable[[Event], None],
+                  actions: Mapping[str, Action] | None = None) -> AlertEvaluator:
+    """The evaluator of a service's ``[[alerts]]``, reading its metrics and its events."""
+
+    async def collect() -> list[Metric]:
+        if not multiprocess_enabled():
+            return metrics.collect()
+        metrics.flush()  # this worker's tally, then every worker's files, off the loop
+        return await asyncio.to_thread(metrics.collect)
+
+    # one evaluator per process group: the worker holding the lock in the shared
+    # multiprocess directory (a single process evaluates alone)
+    lock = (EvaluatorLock(Path(settings.metrics_dir) / "alerts.lock")
+            if multiprocess_enabled() else None)
+    return AlertEvaluator(
+        settings.alerts, service=service, events_dir=settings.events_dir, collect=collect,
+        emit=emit, set_firing=metrics.set_alert_firing, actions=actions,
+        saved_queries=settings.insights.queries, interval=settings.alerts_interval, lock=lock,
+        state_file=alert_state_file(settings.events_dir, service))

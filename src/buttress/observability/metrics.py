@@ -16,6 +16,7 @@ so one scrape shows every worker.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from bisect import bisect_left
@@ -186,6 +187,22 @@ class ServiceMetrics:
             multiprocess.MultiProcessCollector(aggregate)  # type: ignore[no-untyped-call]
             return list(aggregate.collect())
         return list(self.registry.collect())
+
+
+async def watch_loop_lag(metrics: ServiceMetrics, period: float = 0.25,
+                         report_every: int = 4) -> None:
+    """How late a timer fires: CPU-bound work holding the event loop. The gauge shows the
+    worst of the last ``report_every`` periods (one second). Runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    worst, count = 0.0, 0
+    while True:
+        started = loop.time()
+        await asyncio.sleep(period)
+        worst = max(worst, loop.time() - started - period)
+        count += 1
+        if count == report_every:
+            metrics.set_loop_lag(worst)
+            worst, count = 0.0, 0
 
 
 class RequestTally:

@@ -20,7 +20,7 @@ import orjson
 
 from buttress.backends import Connections
 from buttress.interface import ContractViolation, InputRejected
-from buttress.observability.alerts import AlertEvaluator, EvaluatorLock
+from buttress.observability.alerts import AlertEvaluator, evaluator_for
 from buttress.observability.events import (
     SCHEMA_VERSION,
     Deferred,
@@ -37,6 +37,7 @@ from buttress.observability.metrics import (
     ServiceMetrics,
     mark_worker_dead,
     multiprocess_enabled,
+    watch_loop_lag,
 )
 from buttress.pipeline.context import AppliedFallback, RequestContext
 from buttress.pipeline.engine import Pipeline, StageFailed
@@ -95,11 +96,6 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
 
 
-def alert_state_file(events_dir: str, service: str) -> str:
-    """Where the evaluator leaves its rules' state for ``buttress alerts list``."""
-    return os.path.join(events_dir, f"alerts-state-{service}.json")
-
-
 class Runtime:
     def __init__(self, service: Service, settings: Settings,
                  extra_sinks: list[EventSink] | None = None) -> None:
@@ -130,28 +126,9 @@ class Runtime:
         self._parse = service.input.parser(max_depth=settings.max_json_depth)
         self.alerts: AlertEvaluator | None = None
         if settings.alerts:
-            self.alerts = self._alert_evaluator()
+            self.alerts = evaluator_for(settings, self.metrics, service.name,
+                                        emit=self.events.emit, actions=service.alert_actions)
         self._background: list[asyncio.Task[None]] = []
-
-    def _alert_evaluator(self) -> AlertEvaluator:
-        settings, metrics = self.settings, self.metrics
-
-        async def collect() -> list[Any]:
-            if not multiprocess_enabled():
-                return metrics.collect()
-            metrics.flush()  # this worker's tally, then every worker's files, off the loop
-            return await asyncio.to_thread(metrics.collect)
-
-        # one evaluator per process group: the worker holding the lock in the shared
-        # multiprocess directory (a single process evaluates alone)
-        lock = (EvaluatorLock(os.path.join(settings.metrics_dir, "alerts.lock"))
-                if multiprocess_enabled() else None)
-        return AlertEvaluator(
-            settings.alerts, service=self.service.name, events_dir=settings.events_dir,
-            collect=collect, emit=self.events.emit, set_firing=metrics.set_alert_firing,
-            actions=self.service.alert_actions, saved_queries=settings.insights.queries,
-            interval=settings.alerts_interval, lock=lock,
-            state_file=alert_state_file(settings.events_dir, self.service.name))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -169,24 +146,10 @@ class Runtime:
             await self._warm_up()
         _tune_garbage_collector()
         loop = asyncio.get_running_loop()
-        self._background.append(loop.create_task(self._watch_loop_lag(), name="loop-lag"))
+        self._background.append(loop.create_task(watch_loop_lag(self.metrics), name="loop-lag"))
         if self.alerts is not None:
             self._background.append(loop.create_task(self.alerts.run(), name="alerts"))
         self.ready = True
-
-    async def _watch_loop_lag(self, period: float = 0.25, report_every: int = 4) -> None:
-        """How late a timer fires: CPU-bound work holding the loop. The gauge shows the
-        worst of the last ``report_every`` periods (one second)."""
-        loop = asyncio.get_running_loop()
-        worst, count = 0.0, 0
-        while True:
-            started = loop.time()
-            await asyncio.sleep(period)
-            worst = max(worst, loop.time() - started - period)
-            count += 1
-            if count == report_every:
-                self.metrics.set_loop_lag(worst)
-                worst, count = 0.0, 0
 
     async def _warm_up(self) -> None:
         """Run the example request until every model thread has served it, so the first real
