@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from buttress.observability.events import (
     Deferred,
@@ -207,3 +208,18 @@ def test_values_json_cannot_hold_are_written_as_text(tmp_path: Path) -> None:
                                 "price": decimal.Decimal("9.99")}}])
     sink.close()
     assert _lines(tmp_path) == [{"prediction": {"pct": 7.5, "n": 3, "1": "x", "price": "9.99"}}]
+
+
+def test_rotation_and_retention_settings_read_sizes_durations_and_0_for_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from buttress.config import ConfigError, Settings, load_settings
+
+    settings = Settings(events_rotate_bytes="8KiB", events_rotate_interval="10min",
+                        events_keep_days=0, events_keep_bytes="1GB")
+    assert (settings.events_rotate_bytes, settings.events_rotate_interval,
+            settings.events_keep_days, settings.events_keep_bytes) == (
+        8192, 600.0, None, 1_000_000_000)
+    assert Settings(events_rotate_bytes=0, events_rotate_interval=0).events_rotate_bytes is None
+    monkeypatch.setenv("BUTTRESS_EVENTS_ROTATE_BYTES", "12")
+    with pytest.raises(ConfigError, match="events_rotate_bytes"):
+        load_settings()
