@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages some tests need: redis-server (tests that stop Redis start their own),
-# prometheus (promtool checks /metrics), wrk (benchmarks). Installs only what is missing, and
-# starts the machine's Redis on 127.0.0.1:6379 if nothing answers there.
+# prometheus (promtool checks /metrics and the exported alert rules; a test runs a real
+# Prometheus server), wrk (benchmarks). Installs only what is missing, and starts the
+# machine's Redis on 127.0.0.1:6379 if nothing answers there.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v promtool >/dev/null || missing+=(prometheus)
+{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing+=(prometheus)
 command -v wrk >/dev/null || missing+=(wrk)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -47,9 +47,11 @@ class Harness:
         labels = {"service": self.runtime.service.name, **labels}
         return self.runtime.metrics.registry.get_sample_value(name, labels) or 0.0
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self, kind: str = "request") -> list[dict[str, Any]]:
+        """The events of one kind (``request``: one per answer; ``exception``: one per caught
+        exception)."""
         self.runtime.events.flush()
-        return self.sink.events
+        return [e for e in self.sink.events if e.get("kind") == kind]
 
 
 @asynccontextmanager

@@ -502,7 +502,8 @@ def _write_stale_multiprocess_file(directory: Path) -> None:
 
 
 def _pids_in_events(events_dir: Path) -> set[str]:
-    return {p.stem.rsplit("-", 1)[1] for p in events_dir.glob("events-*.jsonl")
+    # events-<time>-<pid>-<seq>.jsonl
+    return {p.stem.split("-")[2] for p in events_dir.glob("events-*.jsonl")
             if p.stat().st_size}
 
 

@@ -14,6 +14,7 @@ from buttress.config import Settings, load_settings
 from buttress.features import FeatureStore, FeatureTable
 from buttress.guardrails import FixedWindow, SlidingWindow
 from buttress.interface import ContractViolation, Input, Output, field
+from buttress.observability.alerts import AlertNotice
 from buttress.pipeline.context import RequestContext
 from buttress.pipeline.runtime import Runtime
 from buttress.registry import FromRegistry, Registry
@@ -25,6 +26,7 @@ from buttress.stages import NO_FALLBACK
 
 __all__ = [
     "NO_FALLBACK",
+    "AlertNotice",
     "Batch",
     "Breaker",
     "Cache",

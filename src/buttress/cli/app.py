@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
+from buttress.cli.alerts import app as alerts_app
+from buttress.cli.alerts import dashboards as dashboards_app
 from buttress.cli.features import app as features_app
+from buttress.cli.insights import insights
 from buttress.cli.models import app as models_app
 from buttress.config import ConfigError, Settings, load_settings
 
@@ -23,6 +26,9 @@ ConfigOption = Annotated[str | None, typer.Option("--config", help="Path to butt
 
 app.add_typer(features_app, name="features", help="Load and inspect feature stores.")
 app.add_typer(models_app, name="models", help="Register, list, promote and roll back models.")
+app.command("insights")(insights)
+app.add_typer(alerts_app, name="alerts", help="Alert rules: list, check, export to Prometheus.")
+app.add_typer(dashboards_app, name="dashboards", help="Grafana dashboards of the metrics.")
 
 
 @app.callback()

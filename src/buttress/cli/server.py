@@ -9,6 +9,7 @@ multiprocess mode so one scrape sees all of them.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import socket
@@ -133,7 +134,10 @@ def serve(target: str, settings: Settings, config_file: str | None = None) -> No
         os.environ[CONFIG_ENV] = str(Path(config_file).resolve())
     for key, value in settings.model_dump(exclude_defaults=True).items():
         if value is not None:
-            os.environ[f"BUTTRESS_{key.upper()}"] = str(value)
+            # nested settings ([insights], [[alerts]]) travel as JSON, as pydantic-settings
+            # reads them from the environment
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            os.environ[f"BUTTRESS_{key.upper()}"] = text
     import uvicorn
 
     uvicorn.run(

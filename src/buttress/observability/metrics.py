@@ -16,6 +16,7 @@ so one scrape shows every worker.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from bisect import bisect_left
@@ -27,6 +28,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.metrics_core import Metric
@@ -116,6 +118,17 @@ class ServiceMetrics:
             "buttress_model_loads_refused_total", "Model artifacts refused at load (reason: "
             "checksum, missing, pickle, untrusted_types).", ["service", "model", "reason"],
             registry=r)
+        self._alerts_firing = Gauge(
+            "buttress_alerts_firing", "1 while an alert rule is firing.", ["service", "alert"],
+            multiprocess_mode="livemax", registry=r)
+        self._loop_lag = Gauge(
+            "buttress_event_loop_lag_seconds", "How late the event loop ran a timer, in "
+            "seconds (the largest over the last second): CPU-bound work on the loop.",
+            ["service"], multiprocess_mode="livemax", registry=r).labels(service)
+        if not multiprocess_enabled():
+            # process_cpu_seconds_total, process_resident_memory_bytes, open fds...; under
+            # --workers N the multiprocess aggregate has no per-process collectors
+            ProcessCollector(registry=r)
         self._bound: dict[tuple[str, ...], Counter] = {}
         self.requests = RequestTally(LATENCY_BUCKETS)
         """Requests in flight, by status and by latency: plain numbers on the request path."""
@@ -170,6 +183,39 @@ class ServiceMetrics:
 
     def count_events_dropped(self, n: int = 1) -> None:
         self._events_dropped.inc(n)
+
+    def set_alert_firing(self, alert: str, firing: bool) -> None:
+        self._alerts_firing.labels(self.service, alert).set(1 if firing else 0)
+
+    def set_loop_lag(self, seconds: float) -> None:
+        self._loop_lag.set(seconds)
+
+    def collect(self) -> list[Metric]:
+        """Every metric family as a scrape would see it (all workers under ``--workers N``;
+        reading their files is I/O, so call that from a thread after :meth:`flush`)."""
+        if multiprocess_enabled():
+            from prometheus_client import multiprocess
+
+            aggregate = CollectorRegistry()
+            multiprocess.MultiProcessCollector(aggregate)  # type: ignore[no-untyped-call]
+            return list(aggregate.collect())
+        return list(self.registry.collect())
+
+
+async def watch_loop_lag(metrics: ServiceMetrics, period: float = 0.25,
+                         report_every: int = 4) -> None:
+    """How late a timer fires: CPU-bound work holding the event loop. The gauge shows the
+    worst of the last ``report_every`` periods (one second). Runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    worst, count = 0.0, 0
+    while True:
+        started = loop.time()
+        await asyncio.sleep(period)
+        worst = max(worst, loop.time() - started - period)
+        count += 1
+        if count == report_every:
+            metrics.set_loop_lag(worst)
+            worst, count = 0.0, 0
 
 
 class RequestTally:
