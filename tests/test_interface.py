@@ -57,6 +57,12 @@ def rejected(body: bytes, **kwargs: Any) -> InputRejected:
     return caught.value
 
 
+def rejected_by(model: type[bt.Input], body: bytes) -> InputRejected:
+    with pytest.raises(InputRejected) as caught:
+        model.parse(body)
+    return caught.value
+
+
 def by_path(violations: list[ContractViolation]) -> dict[str, ContractViolation]:
     return {v.path: v for v in violations}
 
@@ -151,13 +157,41 @@ def test_unknown_keys_are_recorded_and_dropped() -> None:
     found = by_path(parsed.violations)
     assert set(found) == {"extra_top", "user.nickname", "lines[1].colour"}
     assert all(v.kind == "unknown_key" for v in found.values())
-    assert found["lines[1].colour"].field == "lines[].colour"
+    assert {v.field for v in found.values()} == {"<unknown>"}  # a client's key is no label
     assert found["lines[1].colour"].received == "array"
     dumped = parsed.value.model_dump()
     assert "extra_top" not in dumped
     assert "nickname" not in dumped["user"]
     assert "colour" not in dumped["lines"][1]
     assert not parsed.defaulted  # unknown keys are reported, not a fallback
+
+
+def test_many_unknown_keys_list_the_first_twenty_cut_short_and_count_the_rest() -> None:
+    document = order(user={"id": 7, "app_version": "5.1", **{f"u{i}": i for i in range(5)}})
+    long_key = "k" * 1000
+    document[long_key] = 1
+    document.update({f"key-{i}": i for i in range(5_000)})
+    parsed = parse(document)
+    listed = [v for v in parsed.violations if v.count == 1]
+    [rest] = [v for v in parsed.violations if v.count != 1]
+    assert len(listed) == 20
+    assert {v.field for v in parsed.violations} == {"<unknown>"}
+    assert {v.kind for v in parsed.violations} == {"unknown_key"}
+    assert len(listed) + rest.count == 5_006  # every key counted, twenty of them by name
+    assert rest.as_dict()["count"] == rest.count
+    assert max(len(v.path) for v in listed) <= 64 + len("...")
+    assert all(v.path.startswith(("key-", "kkkk")) for v in listed)
+    assert parsed.value.model_dump() == Order.parse(orjson.dumps(order())).value.model_dump()
+
+
+def test_a_bad_value_under_a_clients_dict_key_is_labelled_by_the_declared_field() -> None:
+    class Tagged(bt.Input):
+        weights: dict[str, float]
+
+    error = rejected_by(Tagged, orjson.dumps({"weights": {"attacker-chosen": "x"}}))
+    [violation] = error.violations
+    assert violation.path == "weights.attacker-chosen"
+    assert violation.field == "weights"
 
 
 def test_unknown_keys_renames_and_bad_fields_are_all_reported_together() -> None:

@@ -7,7 +7,8 @@ happen. So an :class:`Input` model is validated in two tiers:
 * **Fast path**: ``model_validate_json(body, extra="forbid")``; renamed keys are accepted
   through aliases. Nothing else is paid on a clean request except a ``bytes`` search per
   declared alias. Unknown keys fail this attempt, and a second one that allows them keeps
-  the value and reports each key (so only bodies that have some pay for finding them).
+  the value and reports the keys (so only bodies that have some pay for finding them): the
+  first 20 by name, the rest as a count, all under one metric label (``field="<unknown>"``).
 * **Failure path** (only when pydantic raises): every error is traced to the deepest field on
   its path that has a default. That field takes its default and a :class:`ContractViolation`
   records the path, the expected type and the received type; errors with no default on their

@@ -66,7 +66,8 @@ class ServiceMetrics:
         self._violations = Counter(
             "buttress_input_contract_violations_total",
             "Input contract violations, by field and kind "
-            "(defaulted, renamed, unknown_key, missing, invalid).",
+            "(defaulted, renamed, unknown_key, missing, invalid); every unknown key is "
+            "field=\"<unknown>\".",
             ["service", "field", "kind"], registry=r)
         self._model_latency = Histogram(
             "buttress_model_latency_seconds", "Time of one model call (a batch), in seconds.",
@@ -146,8 +147,8 @@ class ServiceMetrics:
     def count_fallback(self, stage: str, category: str) -> None:
         self._child(self._fallbacks, stage, category).inc()
 
-    def count_violation(self, field: str, kind: str) -> None:
-        self._child(self._violations, field, kind).inc()
+    def count_violation(self, field: str, kind: str, count: int = 1) -> None:
+        self._child(self._violations, field, kind).inc(count)
 
     def observe_model(self, model: str, version: str, seconds: float) -> None:
         self._model_latency.labels(self.service, model, version).observe(seconds)
