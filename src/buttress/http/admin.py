@@ -16,6 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from buttress.http.body import read_request_body
+from buttress.pipeline.runtime import error_body
+from buttress.resilience.categories import Category
 
 if TYPE_CHECKING:
     from buttress.pipeline.runtime import Runtime
@@ -23,9 +25,9 @@ if TYPE_CHECKING:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"category": "input_invalid", "message": message,
-                                   "fields": []}}, status_code=status)
+def _error(status: int, message: str) -> Response:
+    return Response(error_body(Category.INPUT_INVALID, message), status_code=status,
+                    media_type="application/json")
 
 
 async def _capped_body(request: Request, runtime: Runtime) -> bytes | None:
@@ -34,7 +36,7 @@ async def _capped_body(request: Request, runtime: Runtime) -> bytes | None:
     return await read_request_body(request, runtime.settings.max_body_bytes)
 
 
-def _too_large(runtime: Runtime) -> JSONResponse:
+def _too_large(runtime: Runtime) -> Response:
     return _error(413, f"body larger than {runtime.settings.max_body_bytes} bytes")
 
 
@@ -110,7 +112,10 @@ def admin_routes(runtime: Runtime) -> list[Route]:
             return _error(400, 'expected {"limit": <non-negative number>} or {"limit": null}')
         if gate is None or name not in {g.name for g in gate.guardrails.guards}:
             return _error(404, f"no guardrail named {name!r}")
-        await gate.guardrails.set_limit(name, limit)
+        try:
+            await gate.guardrails.set_limit(name, limit)
+        except ValueError as error:  # the guardrail's own bounds, e.g. limit <= 9e9
+            return _error(400, str(error))
         return JSONResponse({"guardrail": name, "limit": limit})
 
     return [
