@@ -467,6 +467,9 @@ def test_every_request_writes_exactly_one_event(tmp_path: Path) -> None:
         send("missing", 422, json={"mode": "ok"})
         send("not-an-object", 422, content=b'"just a string"')
         send("stage-fail", 503, json={"id": "s", "mode": "stage-fail"})
+        wrong_method = http.get("/predict", headers={"X-Request-Id": "get"})
+        assert wrong_method.status_code == 405
+        sent["get"] = 405
         assert server.stop() == 0, server.output()
 
     events = server.events()

@@ -40,9 +40,10 @@ class PredictEndpoint:
                 bypass_cache = b"no-cache" in value or b"no-store" in value
         rid = self._ids.pick(request_id)
         runtime = self.runtime
-        if scope["method"] != "POST":
-            start, content = _messages(405, b'{"error":{"category":"input_invalid","message":'
-                                       b'"use POST","fields":[]}}', [(b"allow", b"POST"), JSON])
+        if scope["method"] != "POST":  # answered, and recorded like any other request
+            answer = runtime.reject(405, "use POST", rid)
+            start, content = _messages(405, answer.body,
+                                       [(b"allow", b"POST"), *_headers(answer, rid)])
             await send(start)
             await send(content)
             return
