@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -300,6 +303,49 @@ def test_json_only_pydantic_accepts_is_still_judged_by_the_contract() -> None:
     assert {v.kind for v in parsed.violations} == {"defaulted", "renamed"}
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"Infinity", b"1e400", b"-1e400"])
+def test_non_finite_numbers_are_refused_like_wrong_types(number: bytes) -> None:
+    # They passed, and a guardrail summing prices then failed (a 200 with x-fallback: internal).
+    line = b'{"sku": "a", "price": %s}' % number
+    error = rejected(b'{"order_id": "o", "user": {"id": 7}, "lines": [%s]}' % line)
+    assert error.status == 422
+    assert [(v.path, v.field, v.kind) for v in error.violations] == [
+        ("lines[0].price", "lines[].price", "invalid")]
+    defaulted = b'{"sku": "a", "price": 1, "margin": %s}' % number  # a default is used instead
+    parsed = Order.parse(b'{"order_id": "o", "user": {"id": 7}, "lines": [%s]}' % defaulted)
+    assert parsed.value.lines[0].margin == 0.0
+    assert [(v.path, v.kind) for v in parsed.violations] == [("lines[0].margin", "defaulted")]
+    with pytest.raises(InputRejected):  # a decoded document (a queue's message) alike
+        Order.parse_object(order(lines=[{"sku": "a", "price": float(number)}]))
+
+
+def test_a_model_may_opt_in_to_non_finite_numbers() -> None:
+    class Reading(bt.Input, allow_inf_nan=True):
+        value: float
+
+    class Mixed(bt.Input):
+        value: float = bt.field(allow_inf_nan=True)
+        other: float = 0.0
+
+    assert math.isnan(Reading.parse(b'{"value": NaN}').value.value)
+    assert Reading.parse(b'{"value": 1e400}').value.value == float("inf")
+    parsed = Mixed.parse(b'{"value": -Infinity, "other": NaN}')
+    assert parsed.value.value == float("-inf")
+    assert [(v.path, v.kind) for v in parsed.violations] == [("other", "defaulted")]
+
+
+def test_declared_ranges_refuse_or_default_like_any_constraint() -> None:
+    class Item(bt.Input):
+        price: float = bt.field(ge=0)
+        quantity: int = bt.field(1, ge=1)
+
+    error = rejected_by(Item, b'{"price": -1}')
+    assert [(v.path, v.kind) for v in error.violations] == [("price", "invalid")]
+    parsed = Item.parse(b'{"price": 2.5, "quantity": -5}')
+    assert parsed.value.quantity == 1
+    assert [(v.path, v.kind) for v in parsed.violations] == [("quantity", "defaulted")]
+
+
 def test_parse_object_applies_the_same_rules() -> None:
     document = order(surprise=True)
     document["lines"][0] = {"sku": "a", "price": 1.0, "seller_margin": "bad"}
@@ -325,3 +371,11 @@ def test_output_serializes_to_json_and_forbids_extra_fields() -> None:
     assert orjson.loads(Answer(id="x", score=1.5).to_json()) == {"id": "x", "score": 1.5}
     with pytest.raises(ValueError):
         Answer(id="x", score=1.0, other=1)  # type: ignore[call-arg]
+
+
+def test_the_examples_of_docs_input_md_run() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs/input.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "docs/input.md", "exec"), {"__name__": "docs_input"})

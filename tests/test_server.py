@@ -250,6 +250,16 @@ def test_unparsable_deadline_header_keeps_the_configured_deadline(client: httpx.
     assert "x-fallback" not in response.headers
 
 
+@pytest.mark.parametrize("price", [b"NaN", b"-Infinity", b"1e400"])
+def test_a_non_finite_price_is_a_422_naming_it(client: httpx.Client, price: bytes) -> None:
+    body = orjson.dumps(ORDER).replace(b'"price":499.0', b'"price":' + price)
+    assert body != orjson.dumps(ORDER)
+    response = client.post("/predict", content=body)
+    assert response.status_code == 422, response.text  # was a 200 with x-fallback: internal
+    [field] = response.json()["error"]["fields"]
+    assert (field["field"], field["kind"]) == ("sub_orders[0].price", "invalid")
+
+
 def test_get_on_predict_is_405(client: httpx.Client) -> None:
     response = client.get("/predict")
     assert response.status_code == 405

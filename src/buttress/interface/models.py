@@ -49,7 +49,8 @@ def field(
     """Declare a field of an :class:`Input` or :class:`Output` model.
 
     ``aliases`` are other names the same value may arrive under (the field's own name always
-    works). ``constraints`` are pydantic's (``ge``, ``max_length``, ``pattern``...).
+    works). ``constraints`` are pydantic's (``ge``, ``max_length``, ``pattern``,
+    ``allow_inf_nan``...).
     """
     validation_alias = AliasChoices(*aliases) if aliases else None
     if default_factory is not None:
@@ -65,9 +66,19 @@ def field(
 
 
 class Input(BaseModel):
-    """Base class of request models. Subclass it like a pydantic model."""
+    """Base class of request models. Subclass it like a pydantic model.
 
-    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True)
+    Float fields refuse ``NaN``, ``Infinity`` and numbers that overflow to infinity
+    (``1e400``): such a value fails like a wrong type (the field's default with a recorded
+    violation, or a 422 naming the field), so it never reaches a model, a guardrail's sum or
+    a cache key. A model that must accept them opts in for the whole class
+    (``class Reading(bt.Input, allow_inf_nan=True)``) or for one field
+    (``bt.field(allow_inf_nan=True)``). Ranges are the class's to declare:
+    ``price: float = bt.field(ge=0)``.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True,
+                              allow_inf_nan=False)
 
     max_list_items: ClassVar[int] = DEFAULT_MAX_LIST_ITEMS
     """Lists declared without ``max_length`` get this one, so no list is unbounded."""
