@@ -51,11 +51,17 @@ class Settings(BaseSettings):
         1, ge=1, le=256, description="Threads one model call may use in native code (OpenMP, "
         "BLAS). More than one oversubscribes the cores the event loop needs.")
     drain_timeout: float = Field(30.0, description="Seconds to finish in-flight work on SIGTERM.")
+    read_timeout: float = Field(
+        10.0, gt=0, description="Time a client has to send a whole request (headers and body) "
+        "from its first byte or from connecting; then 408 or the connection is closed.")
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections per process; one more is closed at once. "
+        "Keep it below the process's open-file limit.")
     admin_token: str | None = Field(None, description="Bearer token for /admin; unset = off.")
     metrics_dir: str = "var/prometheus"
     log_level: str = "info"
 
-    @field_validator("deadline", "max_deadline", "drain_timeout", mode="before")
+    @field_validator("deadline", "max_deadline", "drain_timeout", "read_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         # Environment values are strings: a bare number there ("0.25", as `serve --workers`

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from buttress.http.body import read_request_body
+from buttress.http.body import ReadTimedOut, read_request_body
 from buttress.pipeline.runtime import error_body
 from buttress.resilience.categories import Category
 
@@ -48,7 +48,10 @@ def guarded(runtime: Runtime, endpoint: Endpoint) -> Endpoint:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return _error(401, "missing or wrong bearer token")
-        return await endpoint(request)
+        try:
+            return await endpoint(request)
+        except ReadTimedOut as timed_out:
+            return _error(408, str(timed_out))
 
     return check
 

@@ -1,15 +1,16 @@
 """``POST /predict`` as a plain ASGI handler.
 
 It is the hot path, so it skips Starlette's Request/Response objects (≈10 µs a request,
-PERFORMANCE.md) and does only what the transport must: enforce the body size (413), pick the
-request id and deadline from headers, and write the answer with the buttress headers.
+PERFORMANCE.md) and does only what the transport must: enforce the body size (413), answer a
+body the server stopped waiting for (408, :mod:`buttress.http.protocol`), pick the request id
+and deadline from headers, and write the answer with the buttress headers.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from buttress.http.body import read_body
+from buttress.http.body import ReadTimedOut, read_body
 from buttress.http.request_ids import RequestIds
 from buttress.pipeline.runtime import Answer
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from buttress.pipeline.runtime import Runtime
 
 JSON = (b"content-type", b"application/json")
+CLOSE = (b"connection", b"close")
 
 
 class PredictEndpoint:
@@ -50,7 +52,14 @@ class PredictEndpoint:
         if declared_length > self.max_body:
             answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
         else:
-            body = await read_body(receive, self.max_body)
+            try:
+                body = await read_body(scope, receive, self.max_body)
+            except ReadTimedOut as timed_out:
+                answer = runtime.reject(408, str(timed_out), rid)
+                start, content = _messages(408, answer.body, [CLOSE, *_headers(answer, rid)])
+                await send(start)
+                await send(content)
+                return
             if body is None:
                 answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
             else:

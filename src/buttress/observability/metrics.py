@@ -37,6 +37,7 @@ LATENCY_BUCKETS = (
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_INTERVAL = 1.0
 """Seconds between moves of a worker's request tally into its multiprocess files."""
+CONNECTION_CLOSE_REASONS = ("read_timeout", "max_connections")
 
 
 def multiprocess_enabled() -> bool:
@@ -110,6 +111,13 @@ class ServiceMetrics:
         self._events_dropped = Counter(
             "buttress_events_dropped_total", "Events dropped because the buffer was full.",
             ["service"], registry=r).labels(service)
+        connections_closed = Counter(
+            "buttress_connections_closed_total",
+            "Connections the server closed itself, by reason (read_timeout: the request was "
+            "not read within read_timeout; max_connections: one past the cap).",
+            ["service", "reason"], registry=r)
+        self._connections_closed = {reason: connections_closed.labels(service, reason)
+                                    for reason in CONNECTION_CLOSE_REASONS}
         self._bound: dict[tuple[str, ...], Counter] = {}
         self.requests = RequestTally(LATENCY_BUCKETS)
         """Requests in flight, by status and by latency: plain numbers on the request path."""
@@ -155,6 +163,10 @@ class ServiceMetrics:
 
     def set_breaker_open(self, stage: str, is_open: bool) -> None:
         self._breaker_state.labels(self.service, stage).set(1 if is_open else 0)
+
+    def count_connection_closed(self, reason: str) -> None:
+        """One of :data:`CONNECTION_CLOSE_REASONS` (a fixed set: bounded labels)."""
+        self._connections_closed[reason].inc()
 
     def count_events_dropped(self, n: int = 1) -> None:
         self._events_dropped.inc(n)
