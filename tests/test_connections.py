@@ -1,4 +1,5 @@
-"""Connections a client holds without sending a request: read deadline and connection cap.
+"""The transport against clients that are slow, silent, too many or too large: the read
+deadline, the connection cap, and a 413 that clients get to read.
 
 A real ``buttress serve`` process with ``read_timeout=1s``: raw sockets play the slow and
 silent clients, since HTTP client libraries send whole requests.
@@ -6,8 +7,11 @@ silent clients, since HTTP client libraries send whole requests.
 
 from __future__ import annotations
 
+import http.client
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import httpx
@@ -161,3 +165,45 @@ def test_connections_past_the_cap_are_closed_at_once(server: RunningServer) -> N
     assert closed_count(server, "max_connections") - before >= 1
     with httpx.Client(base_url=server.base_url, timeout=5) as http:  # room again
         assert http.post("/predict", json={"id": "after"}).status_code == 200
+
+
+# --- bodies over max_body_bytes ---------------------------------------------------------------
+
+TOO_LARGE = 20 * 1024 * 1024
+
+
+def test_urllib_posting_20_mb_reads_its_413(server: RunningServer) -> None:
+    """urllib sends the whole body before reading: the server closing at once reset the
+    connection under it ("Connection reset by peer") instead of showing it the 413."""
+    body = b'{"id": "' + b"x" * TOO_LARGE + b'"}'
+    request = urllib.request.Request(f"{server.base_url}/predict", data=body,
+                                     headers={"Content-Type": "application/json"})
+    for _ in range(2):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert caught.value.code == 413
+        error = orjson.loads(caught.value.read())["error"]
+        assert error["category"] == "input_invalid"
+        assert "larger than" in error["message"]
+
+
+def test_a_chunked_body_over_the_cap_reads_its_413(server: RunningServer) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    chunks = (b"x" * 65536 for _ in range(TOO_LARGE // 65536))
+    connection.request("POST", "/predict", body=chunks, encode_chunked=True,
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 413
+    assert orjson.loads(response.read())["error"]["category"] == "input_invalid"
+    connection.close()
+
+
+def test_a_client_waiting_for_100_continue_gets_the_413_without_sending(
+        server: RunningServer) -> None:
+    sock = connect(server)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                 b"Content-Length: %d\r\n\r\n" % TOO_LARGE)
+    sock.settimeout(READ_TIMEOUT / 2)  # answered at once, not after a read deadline
+    response = sock.recv(65536)
+    sock.close()
+    assert response.startswith(b"HTTP/1.1 413 "), response

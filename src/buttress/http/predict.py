@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from buttress.http.body import ReadTimedOut, read_body
+from buttress.http.body import ReadTimedOut, discard_body, read_body
 from buttress.http.request_ids import RequestIds
 from buttress.pipeline.runtime import Answer
 
@@ -50,6 +50,7 @@ class PredictEndpoint:
             await send(content)
             return
         if declared_length > self.max_body:
+            await discard_body(scope, receive, declared_length, self.max_body)
             answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
         else:
             try:
@@ -66,7 +67,10 @@ class PredictEndpoint:
                 answer = await runtime.answer(body, request_id=rid,
                                               deadline_s=runtime.deadline_for(deadline),
                                               bypass_cache=bypass_cache)
-        start, content = _messages(answer.status, answer.body, _headers(answer, rid))
+        headers = _headers(answer, rid)
+        if answer.status == 413:  # whatever is left of the body is not worth reading
+            headers.append(CLOSE)
+        start, content = _messages(answer.status, answer.body, headers)
         await send(start)
         await send(content)
 
