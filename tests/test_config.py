@@ -32,6 +32,15 @@ def test_defaults_without_file_or_environment() -> None:
     assert settings.port == 8000
     assert settings.backend == "memory://"
     assert settings.admin_token is None
+    assert (settings.read_timeout, settings.max_connections) == (10.0, 1000)
+
+
+def test_read_timeout_is_a_duration_and_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUTTRESS_READ_TIMEOUT", "2500ms")
+    assert load_settings().read_timeout == 2.5
+    monkeypatch.setenv("BUTTRESS_READ_TIMEOUT", "0")
+    with pytest.raises(ConfigError, match="read_timeout"):
+        load_settings()
 
 
 def test_toml_file_is_read(tmp_path: Path) -> None:

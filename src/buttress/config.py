@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         "fallback", description="What a request beyond max_concurrency gets: every stage's "
         "fallback (category 'overloaded'), or 503 with Retry-After.")
     drain_timeout: float = Field(30.0, description="Seconds to finish in-flight work on SIGTERM.")
+    read_timeout: float = Field(
+        10.0, gt=0, description="Time a client has to send a whole request (headers and body) "
+        "from its first byte or from connecting; then 408 or the connection is closed.")
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections per process; one more is closed at once. "
+        "Keep it below the process's open-file limit.")
     admin_token: str | None = Field(None, description="Bearer token for /admin; unset = off.")
     metrics_dir: str = "var/prometheus"
     registry_url: str = Field("sqlite:///var/registry.db", description="Model registry URL: "
@@ -99,7 +105,7 @@ class Settings(BaseSettings):
                                    "the alert rules ('15s').")
 
     @field_validator("deadline", "max_deadline", "drain_timeout", "alerts_interval",
-                     mode="before")
+                     "read_timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return duration_setting(value)

@@ -37,9 +37,9 @@ class User(bt.Input):
 class SubOrder(bt.Input):
     sub_order_id: str
     product_id: int
-    price: float
+    price: float = bt.field(ge=0)
     margin: float = bt.field(0.0, aliases=["seller_margin"])
-    quantity: int = 1
+    quantity: int = bt.field(1, ge=1)
 
 
 class Order(bt.Input):

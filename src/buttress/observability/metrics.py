@@ -39,6 +39,7 @@ LATENCY_BUCKETS = (
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_INTERVAL = 1.0
 """Seconds between moves of a worker's request tally into its multiprocess files."""
+CONNECTION_CLOSE_REASONS = ("read_timeout", "max_connections")
 
 
 def multiprocess_enabled() -> bool:
@@ -68,7 +69,8 @@ class ServiceMetrics:
         self._violations = Counter(
             "buttress_input_contract_violations_total",
             "Input contract violations, by field and kind "
-            "(defaulted, renamed, unknown_key, missing, invalid).",
+            "(defaulted, renamed, unknown_key, missing, invalid); every unknown key is "
+            "field=\"<unknown>\".",
             ["service", "field", "kind"], registry=r)
         self._model_latency = Histogram(
             "buttress_model_latency_seconds", "Time of one model call (a batch), in seconds.",
@@ -129,6 +131,13 @@ class ServiceMetrics:
             # process_cpu_seconds_total, process_resident_memory_bytes, open fds...; under
             # --workers N the multiprocess aggregate has no per-process collectors
             ProcessCollector(registry=r)
+        connections_closed = Counter(
+            "buttress_connections_closed_total",
+            "Connections the server closed itself, by reason (read_timeout: the request was "
+            "not read within read_timeout; max_connections: one past the cap).",
+            ["service", "reason"], registry=r)
+        self._connections_closed = {reason: connections_closed.labels(service, reason)
+                                    for reason in CONNECTION_CLOSE_REASONS}
         self._bound: dict[tuple[str, ...], Counter] = {}
         self.requests = RequestTally(LATENCY_BUCKETS)
         """Requests in flight, by status and by latency: plain numbers on the request path."""
@@ -166,8 +175,8 @@ class ServiceMetrics:
     def count_fallback(self, stage: str, category: str) -> None:
         self._child(self._fallbacks, stage, category).inc()
 
-    def count_violation(self, field: str, kind: str) -> None:
-        self._child(self._violations, field, kind).inc()
+    def count_violation(self, field: str, kind: str, count: int = 1) -> None:
+        self._child(self._violations, field, kind).inc(count)
 
     def observe_model(self, model: str, version: str, seconds: float) -> None:
         self._model_latency.labels(self.service, model, version).observe(seconds)
@@ -180,6 +189,9 @@ class ServiceMetrics:
 
     def count_model_refused(self, model: str, reason: str) -> None:
         self._child(self._models_refused, model, reason).inc()
+    def count_connection_closed(self, reason: str) -> None:
+        """One of :data:`CONNECTION_CLOSE_REASONS` (a fixed set: bounded labels)."""
+        self._connections_closed[reason].inc()
 
     def count_events_dropped(self, n: int = 1) -> None:
         self._events_dropped.inc(n)

@@ -312,7 +312,7 @@ class Runtime:
         for fallback in ctx.fallbacks:
             metrics.count_fallback(fallback.stage, fallback.category)
         for violation in ctx.violations:
-            metrics.count_violation(violation.field, violation.kind)
+            metrics.count_violation(violation.field, violation.kind, violation.count)
         self.record_event(ctx, status, seconds, prediction=prediction)
 
     def record_event(self, ctx: RequestContext, status: int, seconds: float,
