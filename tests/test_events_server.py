@@ -12,9 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.servers import REPO, running_server
+from tests.servers import DEMO, running_server
 
-LOGGED_DEMO = f"{REPO / 'tests/services/logged_discount.py'}:svc"
+LOGGED_DEMO = DEMO  # the demo declares its prediction summary
 
 pytestmark = pytest.mark.slow
 

@@ -142,6 +142,21 @@ def discount_model(order: Order, user_features: dict[str, Any],
     return build_rows(order, user_features, product_features)
 
 
+@svc.log_prediction
+def summary(order: Order, response: Discounts | None) -> dict[str, Any]:
+    """What each event says of its prediction (``buttress insights`` queries it): the order's
+    value, its sub-orders, the discount handed out, the mean discount and the app version."""
+    pcts = [d.discount_pct for d in response.discounts] if response is not None else []
+    return {
+        "order_value": round(sum(s.price * s.quantity for s in order.sub_orders), 2),
+        "sub_orders": len(order.sub_orders),
+        "discount_value": (round(discount_value(order, response), 2)
+                           if response is not None else None),
+        "mean_discount_pct": round(sum(pcts) / len(pcts), 3) if pcts else None,
+        "app_version": order.user.app_version,
+    }
+
+
 @svc.respond
 def respond(order: Order, discount_model: np.ndarray) -> Discounts:
     pct = clip_discount(np.asarray(discount_model, dtype=np.float64))
