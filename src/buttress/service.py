@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from buttress.interface import Input, Output
+from buttress.registry.declaration import FromRegistry
+from buttress.registry.rollback_rule import RollbackRule
 from buttress.resilience.breaker import Breaker
 from buttress.resilience.categories import Category
 from buttress.resilience.durations import Duration
@@ -112,17 +114,31 @@ class Service:
         fallback: Any = NO_FALLBACK,
         breaker: Breaker | None = DEFAULT_BREAKER,
         batch: Batch | None = None,
+        rollback: Sequence[RollbackRule] = (),
     ) -> Any:
         """Declare the model stage. The decorated function builds the model's input rows
         (a 2-D array) from the request and the stages it names; ``model`` (anything with
         ``.predict(rows)``, a function of rows, or a Runner) turns them into predictions,
         off the event loop. Errors are ``model_error``, overruns ``model_timeout``, an open
-        breaker or a full queue ``model_unavailable``."""
+        breaker or a full queue ``model_unavailable``.
+
+        ``model=bt.FromRegistry("name", alias="stable")`` serves what the alias points at
+        and follows it while running (a hot swap; ``version`` is then the registry's).
+        ``rollback`` rules (``bt.RollbackRule``) roll a fresh promotion back by themselves."""
+        rules = tuple(rollback)
+        if rules and not isinstance(model, FromRegistry):
+            raise ValueError("rollback rules need a model from the registry: "
+                             "model=bt.FromRegistry(...)")
+        for rule in rules:
+            if not isinstance(rule, RollbackRule):
+                raise TypeError(f"rollback takes bt.RollbackRule objects, not {rule!r}")
+        if len({rule.name for rule in rules}) != len(rules):
+            raise ValueError("rollback rules need distinct names")
 
         def register(func: F) -> F:
             self._add(declare(func, name=name, timeout=timeout, fallback=fallback,
                               categories=MODEL_CATEGORIES, breaker=breaker, kind="model",
-                              model=model, version=version, batch=batch))
+                              model=model, version=version, batch=batch, rollback=rules))
             return func
 
         return register(fn) if fn is not None else register

@@ -22,6 +22,7 @@ from buttress.resilience.failures import Failure
 if TYPE_CHECKING:
     from buttress.batching import Batch
     from buttress.cache import Cache
+    from buttress.registry.rollback_rule import RollbackRule
 
 CONTEXT_PARAMETER = "ctx"
 
@@ -78,6 +79,8 @@ class StageSpec:
     batch: Batch | None = None
     cache: Cache | None = None
     """Sub-module cache of this stage's output (JSON data; arrays come back as lists)."""
+    rollback: tuple[RollbackRule, ...] = ()
+    """For a registry model: the rules that roll a fresh promotion back by themselves."""
 
     @property
     def has_fallback(self) -> bool:

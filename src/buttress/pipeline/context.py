@@ -8,9 +8,13 @@ for every request, so it stays cheap.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from buttress.interface import ContractViolation
 from buttress.resilience.categories import Category
+
+if TYPE_CHECKING:
+    from buttress.pipeline.live import ModelSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,7 @@ class RequestContext:
         "error",
         "fallbacks",
         "model_version",
+        "models",
         "request_id",
         "stage_ms",
         "started",
@@ -51,6 +56,9 @@ class RequestContext:
         self.cache = ""
         """``hit``, ``miss``, ``bypass``, or empty when the service has no response cache."""
         self.model_version = ""
+        self.models: ModelSet | None = None
+        """The model versions this request uses, read once when it starts (a hot swap
+        replaces the pipeline's set, never this one)."""
         self.error: AppliedFallback | None = None
         """The failure that made the request fail (no fallback), if any."""
         self.stage_ms: dict[str, float] = {}

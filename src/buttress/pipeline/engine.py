@@ -24,8 +24,10 @@ from buttress.interface import Output, ParsedInput
 from buttress.pipeline.cache_gate import CachedComputation
 from buttress.pipeline.context import RequestContext
 from buttress.pipeline.guardrail_gate import GuardrailGate
+from buttress.pipeline.live import LiveModel, ModelSet
 from buttress.pipeline.stage import StageFailed, StageRuntime, value_or_rest
 from buttress.pipeline.stepping import Resumed
+from buttress.pipeline.tally import Tally
 from buttress.resilience.categories import Category
 from buttress.resilience.failures import Failure
 from buttress.stages import StageSpec, order_in_levels
@@ -72,14 +74,37 @@ class Pipeline:
         """The stages in dependency order: each level needs only earlier ones."""
         self.responder = service.responder
         self.output_model = service.output
-        models = [r for r in self.stages.values() if r.runner is not None]
-        self.model_version = ",".join(r.version for r in models)
+        models = [r for r in self.stages.values() if r.is_model]
         self.model_stages = frozenset(r.spec.name for r in models)
+        self.rollback_rules = tuple(rule for r in models for rule in r.spec.rollback)
+        self.models = self.model_set(
+            {r.spec.name: r.live for r in models if r.live is not None})
+        """The versions a request starting now uses: replaced whole by a hot swap
+        (:meth:`switch`), read once per request (``ctx.models``)."""
         self.every_stage_has_fallback = all(r.spec.has_fallback for r in self.stages.values())
         self.gate: GuardrailGate | None = None
         if service.guardrails:
             self.gate = GuardrailGate(
                 Guardrails(service.guardrails, guardrail_url, namespace=service.name), metrics)
+
+    @property
+    def model_version(self) -> str:
+        """What the model stages serve now: ``v3`` (``v3,v1`` with two model stages)."""
+        return self.models.version
+
+    def model_set(self, live: dict[str, LiveModel]) -> ModelSet:
+        """A :class:`ModelSet` of ``live`` (in the stages' order), with a fresh tally when
+        the service has rollback rules."""
+        ordered = {name: live[name] for name in self.stages if name in live}
+        return ModelSet(ordered, Tally(self.rollback_rules) if self.rollback_rules else None)
+
+    def switch(self, models: ModelSet) -> ModelSet:
+        """Serve ``models`` from the next request on (one assignment: requests in flight keep
+        the set they started with); returns the set it replaced."""
+        previous, self.models = self.models, models
+        for name, live in models.live.items():
+            self.stages[name].live = live
+        return previous
 
     @property
     def caches(self) -> list[CachedComputation]:
@@ -97,7 +122,10 @@ class Pipeline:
         request = parsed.value
         if parsed.defaulted:
             ctx.record(Category.INPUT_CONTRACT, "input")
-        ctx.model_version = self.model_version
+        models = ctx.models
+        if models is None:
+            models = ctx.models = self.models
+        ctx.model_version = models.version
         cache = self.response_cache
         body: bytes | None = None
         response: Any = _NOT_BUILT
@@ -111,7 +139,7 @@ class Pipeline:
                 computed.append(await self._compute(request, ctx, results=results))
                 return self._serialize(computed[0]).decode()
 
-            key = cache.key(request, self.model_version)
+            key = cache.key(request, models.version)
             try:
                 async with asyncio.timeout_at(ctx.deadline + SHARED_WAIT_GRACE):
                     text, ctx.cache = await cache.run(key, ctx, compute_text,
@@ -144,13 +172,15 @@ class Pipeline:
         request = parsed.value
         if parsed.defaulted:
             ctx.record(Category.INPUT_CONTRACT, "input")
-        ctx.model_version = self.model_version
+        ctx.model_version = self.models.version
         if not (with_fallback and self.every_stage_has_fallback):
             ctx.fail("admission", Category.OVERLOADED, "at the concurrency limit")
             raise StageFailed("admission", Category.OVERLOADED,
                               "the server is at its concurrency limit: retry shortly",
                               Failure.UNAVAILABLE)
         ctx.record(Category.OVERLOADED, "admission")
+        if ctx.models is None:
+            ctx.models = self.models
         results = dict(self.resources)
         for level in self.levels:
             for stage in level:
@@ -218,7 +248,11 @@ class Pipeline:
                 rest = self._start_level(level, request, results, ctx)
                 if rest is not None:
                     await rest
-        return self._respond(request, results, ctx)
+        response = self._respond(request, results, ctx)
+        tally = ctx.models.tally  # type: ignore[union-attr]  # set by run()
+        if tally is not None and not default_prediction and not ctx.fallbacks:
+            tally.measure(request, response)  # what this version hands out (rollback rules)
+        return response
 
     def _start_level(self, level: list[StageRuntime], request: Any, results: dict[str, Any],
                      ctx: RequestContext) -> Coroutine[Any, Any, None] | None:
@@ -275,14 +309,14 @@ class Pipeline:
                        ctx: RequestContext) -> Coroutine[Any, Any, Any]:
         """The stage without its cache (what its cache runs on a miss), as one coroutine."""
         args = self._arguments(stage.spec, request, results, ctx)
-        if stage.runner is not None:
+        if stage.is_model:
             return stage.run_model(request, args, ctx)
         return stage.run(request, args, ctx)
 
     async def _run_cached_stage(self, stage: StageRuntime, request: Any,
                                 results: dict[str, Any], ctx: RequestContext) -> Any:
         assert stage.cache is not None
-        key = stage.cache.key(request, self.model_version)
+        key = stage.cache.key(request, ctx.model_version)
         try:
             async with asyncio.timeout_at(ctx.deadline + SHARED_WAIT_GRACE):
                 value, _status = await stage.cache.run(

@@ -40,6 +40,7 @@ from buttress.observability.metrics import (
 )
 from buttress.pipeline.context import RequestContext
 from buttress.pipeline.engine import Pipeline
+from buttress.pipeline.follow import RegistryModels
 from buttress.pipeline.stage import StageFailed
 from buttress.resilience.admission import Admission, ConcurrencyLimit
 from buttress.resilience.categories import Category, error_body
@@ -48,6 +49,7 @@ from buttress.resilience.durations import as_ms
 
 if TYPE_CHECKING:
     from buttress.config import Settings
+    from buttress.pipeline.live import ModelSet
     from buttress.service import Service
 
 log = logging.getLogger("buttress")
@@ -133,6 +135,10 @@ class Runtime:
             self.alerts = evaluator_for(settings, self.metrics, service.name,
                                         emit=self.events.emit, actions=service.alert_actions)
         self._background: list[asyncio.Task[None]] = []
+        self.registry_models: RegistryModels | None = (
+            RegistryModels(self) if any(s.from_registry for s in self.pipeline.stages.values())
+            else None)
+        """The model stages served from the registry, followed while running."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,6 +148,8 @@ class Runtime:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush_metrics_every(FLUSH_INTERVAL), name="metrics")
         await self.pipeline.open(self.connections)
+        if self.registry_models is not None:
+            await self.registry_models.open()
         for name, factory in self.service.resources.items():
             self.pipeline.resources[name] = await factory(self)
         for hook in self.service.startup_hooks:
@@ -153,27 +161,37 @@ class Runtime:
         self._background.append(loop.create_task(watch_loop_lag(self.metrics), name="loop-lag"))
         if self.alerts is not None:
             self._background.append(loop.create_task(self.alerts.run(), name="alerts"))
+        if self.registry_models is not None:
+            self.registry_models.follow()
         self.ready = True
 
     async def _warm_up(self) -> None:
         """Run the example request until every model thread has served it, so the first real
         requests pay no cold start (thread-pool spin-up, OpenMP initialisation, lazy imports).
         Warm-up requests are not recorded and do not count towards breakers."""
-        example = orjson.dumps(self.service.example)
-        for _round in range(2):
-            answers = await asyncio.gather(*(
-                self.answer(example, request_id="warm-up", record=False, bypass_cache=True,
-                            warm_up=True, deadline_s=self.settings.max_deadline)
-                for _ in range(2 * self.settings.model_threads)))
-        for answer in answers:
+        for answer in await self.warm_up_models(self.pipeline.models):
             if answer.status != 200 or answer.context.fallbacks:
                 log.warning("warm-up request answered %s with fallbacks %s: %s", answer.status,
                             answer.context.fallback_categories, answer.body[:200])
                 break
         self.pipeline.reset_breakers()
 
+    async def warm_up_models(self, models: ModelSet) -> list[Answer]:
+        """The example answered through ``models`` (twice on every model thread); the
+        answers of the last round. Neither recorded nor spending guardrail budgets."""
+        assert self.service.example is not None
+        example = orjson.dumps(self.service.example)
+        for _round in range(2):
+            answers = await asyncio.gather(*(
+                self.answer(example, request_id="warm-up", record=False, bypass_cache=True,
+                            warm_up=True, deadline_s=self.settings.max_deadline, models=models)
+                for _ in range(2 * self.settings.model_threads)))
+        return answers
+
     async def stop(self) -> None:
         self.ready = False
+        if self.registry_models is not None:
+            await self.registry_models.aclose()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -212,13 +230,14 @@ class Runtime:
 
     async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
                      bypass_cache: bool = False, record: bool = True,
-                     warm_up: bool = False) -> Answer:
+                     warm_up: bool = False, models: ModelSet | None = None) -> Answer:
         clock = time.perf_counter()
         started = asyncio.get_running_loop().time()  # the loop's clock: deadlines use it
         budget = self.settings.deadline if deadline_s is None else deadline_s
         ctx = RequestContext(request_id, started, started + budget)
         ctx.bypass_cache = bypass_cache
         ctx.warm_up = warm_up
+        ctx.models = models  # None: the pipeline's current set
         tally = self.metrics.requests
         in_flight = tally.in_flight
         limit = self.admission
@@ -257,6 +276,9 @@ class Runtime:
         if admitted and limit is not None:
             limit.sample(seconds, in_flight + 1, ctx.timed_out)
         if record:
+            versions = ctx.models.tally if ctx.models is not None else None
+            if versions is not None:  # the rollback rules' per-version counts
+                versions.request(status, bool(ctx.fallbacks), seconds)
             prediction = None
             if self._summary is not None and request is not None:
                 prediction = self._prediction(ctx, status, request, payload)

@@ -103,8 +103,10 @@ class ServedModels:
                                     f"not {wanted.name!r}")
             binary = binary or bool(wanted.parameters.get("binary_data"))
         deadline = asyncio.get_running_loop().time() + deadline_s
-        predictions = _as_tensor(name, await stage.call_model(rows, deadline), len(rows))
-        return encode_response(model_name=name, model_version=stage.version,
+        live = stage.live  # one version for the call and the answer, whatever swaps meanwhile
+        assert live is not None
+        predictions = _as_tensor(name, await stage.call_model(live, rows, deadline), len(rows))
+        return encode_response(model_name=name, model_version=live.version,
                                request_id=request.id, outputs=[(OUTPUT_NAME, predictions)],
                                binary=binary)
 

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from buttress.batching import Batcher, BatchObserver
+from buttress.batching import Batcher
+from buttress.pipeline.live import LiveModel, VersionObserver
 from buttress.pipeline.stepping import Finished, Resumed, first_step
+from buttress.registry.declaration import FromRegistry
 from buttress.resilience.breaker import BreakerState, CircuitBreaker
 from buttress.resilience.deadline import call_until, caller_gave_up
 from buttress.resilience.durations import as_ms
@@ -54,33 +56,6 @@ class StageFailed(Exception):
         self.failure = failure
 
 
-class _BatchObserver(BatchObserver):
-    """A batched model's per-batch hooks: its Prometheus metrics, and its breaker fed one
-    outcome per batch (through the stage's own accounting)."""
-
-    def __init__(self, metrics: ServiceMetrics, stage: StageRuntime) -> None:
-        service, model = metrics.service, stage.spec.name
-        self._stage = stage
-        self._rows = metrics.batch_rows.labels(service, model)
-        self._wait = metrics.batch_wait.labels(service, model)
-        self._queue = metrics.batch_queue.labels(service, model)
-        self._metrics, self._model = metrics, model
-
-    def batch_formed(self, rows: int, items: int, oldest_wait: float, queued_rows: int) -> None:
-        self._rows.observe(rows)
-        self._wait.observe(oldest_wait)
-        self._queue.set(queued_rows)
-
-    def batch_ran(self, rows: int, items: int, seconds: float, error: BaseException | None) -> None:
-        self._metrics.observe_model(self._model, self._stage.version, seconds)
-
-    def batch_outcome(self, seconds: float, error: BaseException | None) -> None:
-        self._stage.account_batch(seconds, error)
-
-    def rejected(self, rows: int, queued_rows: int) -> None:
-        self._queue.set(queued_rows)
-
-
 class StageRuntime:
     """The running parts of one stage (breaker, cache and, for a model, runner and batcher)
     and the rules for calling it."""
@@ -92,50 +67,92 @@ class StageRuntime:
         self.metrics = metrics
         self.exceptions = exceptions
         self.cache = cache
-        self.breaker: CircuitBreaker | None = None
-        self.reset_breaker()
-        self.runner: Runner | None = (
-            as_runner(spec.model, *threads) if spec.kind == "model" else None)
-        self.version = spec.version
-        self.batcher: Batcher | None = None
-        if self.runner is not None and spec.batch is not None:
-            self.batcher = Batcher(spec.batch, self.runner.run,
-                                   observer=_BatchObserver(metrics, self))
-        self.plain = cache is None and self.runner is None
+        self._threads = threads
+        self.is_model = spec.kind == "model"
+        self.from_registry = isinstance(spec.model, FromRegistry)
+        """A model named by registry alias: its versions come and go (``pipeline/follow.py``)."""
+        self._breaker: CircuitBreaker | None = None
+        """A plain stage's breaker; a model stage has one per version (:class:`LiveModel`)."""
+        self.live: LiveModel | None = None
+        """A model stage's current version (None until a registry model is loaded)."""
+        if self.is_model:
+            if not self.from_registry:
+                self.live = self.build_live(spec.model, spec.version)
+        else:
+            self._breaker = self.new_breaker()
+        self.plain = cache is None and not self.is_model
         """A stage function with no cache and no model: the engine starts it with a plain
         call (:meth:`start`); a cached or model stage runs as one coroutine."""
 
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The stage's breaker; a model stage's is its current version's."""
+        return self.live.breaker if self.live is not None else self._breaker
+
+    @property
+    def runner(self) -> Runner | None:
+        return self.live.runner if self.live is not None else None
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self.live.batcher if self.live is not None else None
+
+    @property
+    def version(self) -> str:
+        return self.live.version if self.live is not None else ""
+
+    def build_live(self, model: Any, version: str) -> LiveModel:
+        """A running version of this model stage: its runner (model threads), its own batcher
+        and its own breaker. Not serving until the pipeline's :class:`ModelSet` names it."""
+        live = LiveModel(version, as_runner(model, *self._threads), self.new_breaker())
+        if self.spec.batch is not None:
+            live.batcher = Batcher(self.spec.batch, live.runner.run,
+                                   observer=VersionObserver(self.metrics, self, live))
+        return live
+
     # -- the breaker: only these methods feed it ------------------------------------------
 
-    def reset_breaker(self) -> None:
-        """A fresh breaker (after warm-up), mirrored into ``buttress_breaker_open``."""
+    def new_breaker(self) -> CircuitBreaker | None:
+        """A fresh breaker, mirrored into ``buttress_breaker_open``."""
         policy = self.spec.breaker
-        self.breaker = policy.build() if policy is not None else None
-        if self.breaker is not None:
+        breaker = policy.build() if policy is not None else None
+        if breaker is not None:
             name, metrics = self.spec.name, self.metrics
-            self.breaker.on_change = lambda state: metrics.set_breaker_open(
+            breaker.on_change = lambda state: metrics.set_breaker_open(
                 name, state is not BreakerState.CLOSED)
+        return breaker
 
-    def _account(self, failed: bool | None, *, reached_batcher: bool) -> None:
-        """Feed the breaker one call's outcome; ``None``: no verdict on the dependency.
+    def reset_breaker(self, live: LiveModel | None = None) -> None:
+        """A fresh breaker (after warm-up): the stage's, or that of the model version
+        ``live`` (default: the current one)."""
+        if not self.is_model:
+            self._breaker = self.new_breaker()
+            return
+        live = live or self.live
+        if live is not None:
+            live.breaker = self.new_breaker()
+            self.metrics.set_breaker_open(self.spec.name, False)
 
-        A call that reached a batcher was counted with its batch (:meth:`account_batch`):
-        here it only frees the half-open probe slot it may hold, so one failing batch is one
-        failure, not one per request in it."""
-        breaker = self.breaker
+    def _account(self, breaker: CircuitBreaker | None, failed: bool | None, *,
+                 batched: bool) -> None:
+        """Feed ``breaker`` one call's outcome; ``None``: no verdict on the dependency.
+
+        A call that reached a batcher (``batched``) was counted with its batch
+        (:meth:`account_batch`): here it only frees the half-open probe slot it may hold, so
+        one failing batch is one failure, not one per request in it."""
         if breaker is None:
             return
-        if failed is None or (reached_batcher and self.batcher is not None):
+        if failed is None or batched:
             breaker.release_probe()
         elif failed:
             breaker.record_failure()
         else:
             breaker.record_success()
 
-    def account_batch(self, seconds: float, error: BaseException | None) -> None:
+    def account_batch(self, breaker: CircuitBreaker | None, seconds: float,
+                      error: BaseException | None) -> None:
         """One outcome per batch: a failing batch or one slower than the stage's own timeout
         is one failure, whatever the deadlines of the requests in it."""
-        breaker = self.breaker
         if breaker is None:
             return
         timeout = self.spec.timeout
@@ -144,13 +161,13 @@ class StageRuntime:
         else:
             breaker.record_success()
 
-    def _judge(self, error: Exception, *, gave_up: bool, reached_batcher: bool,
-               request_id: str | None = None) -> Failure:
+    def _judge(self, breaker: CircuitBreaker | None, error: Exception, *, gave_up: bool,
+               batched: bool, request_id: str | None = None) -> Failure:
         """The failure's kind, accounted for in the breaker; an error or one of the stage's
         own timeouts is also an exception event and a log line."""
         failure = failure_of(error)
         counted = counts_against_breaker(failure, caller_gave_up=gave_up)
-        self._account(True if counted else None, reached_batcher=reached_batcher)
+        self._account(breaker, True if counted else None, batched=batched)
         if counted:
             self._record(error, failure, request_id)
         return failure
@@ -182,7 +199,7 @@ class StageRuntime:
         look-up, a sync function), and for them a coroutine per stage costs more than their
         work."""
         spec = self.spec
-        breaker = self.breaker
+        breaker = self._breaker
         if breaker is not None and not breaker.allow():
             return self.fallback(request, ctx, spec.categories.unavailable,
                                  "circuit breaker open")
@@ -200,8 +217,8 @@ class StageRuntime:
             else:
                 value = spec.fn(*args)
         except Exception as error:
-            return self._recover(request, ctx, error, clock, gave_up=False,
-                                 reached_batcher=False)
+            return self._recover(breaker, request, ctx, error, clock, gave_up=False,
+                                 batched=False)
         if breaker is not None:
             breaker.record_success()
         ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
@@ -222,22 +239,23 @@ class StageRuntime:
             async with asyncio.timeout_at(until):
                 value = await rest
         except asyncio.CancelledError:
-            self._account(None, reached_batcher=False)
+            self._account(self._breaker, None, batched=False)
             raise
         except Exception as error:
-            return self._recover(request, ctx, error, clock,
-                                 gave_up=caller_gave_up(ctx.deadline, until),
-                                 reached_batcher=False)
-        self._account(False, reached_batcher=False)
+            return self._recover(self._breaker, request, ctx, error, clock,
+                                 gave_up=caller_gave_up(ctx.deadline, until), batched=False)
+        self._account(self._breaker, False, batched=False)
         ctx.stage_ms[self.spec.name] = as_ms(time.perf_counter() - clock)
         return value
 
     # -- a model stage ----------------------------------------------------------------------
 
     async def run_model(self, request: Any, args: list[Any], ctx: RequestContext) -> Any:
-        """Build the rows, then predict them (through the batcher, if any)."""
+        """Build the rows, then predict them (through the batcher, if any) with the version
+        the request's :class:`ModelSet` names."""
         spec = self.spec
-        breaker = self.breaker
+        live = ctx.models.live[spec.name]  # type: ignore[union-attr]  # set by the engine
+        breaker = live.breaker
         if breaker is not None and not breaker.allow():
             return self.fallback(request, ctx, spec.categories.unavailable,
                                  "circuit breaker open")
@@ -246,74 +264,75 @@ class StageRuntime:
         reached = False
         try:
             rows = spec.fn(*args)
-            reached = True
+            reached = live.batcher is not None
             until = call_until(ctx.deadline, spec.timeout, asyncio.get_running_loop().time())
-            value = await self.predict(rows, until)
+            value = await self.predict(live, rows, until)
         except asyncio.CancelledError:
-            self._account(None, reached_batcher=False)
+            self._account(breaker, None, batched=False)
             raise
         except Exception as error:
-            return self._recover(request, ctx, error, clock,
-                                 gave_up=caller_gave_up(ctx.deadline, until),
-                                 reached_batcher=reached)
-        self._account(False, reached_batcher=True)
+            return self._recover(breaker, request, ctx, error, clock,
+                                 gave_up=caller_gave_up(ctx.deadline, until), batched=reached)
+        self._account(breaker, False, batched=reached)
         ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
         return value
 
-    async def call_model(self, rows: np.ndarray, deadline: float) -> Any:
-        """The model on ``rows`` by the same rules as :meth:`run_model`, for a transport with
-        no fallback (``/v2``): a failure raises :class:`StageFailed` with its kind."""
+    async def call_model(self, live: LiveModel, rows: np.ndarray, deadline: float) -> Any:
+        """The model version ``live`` on ``rows`` by the same rules as :meth:`run_model`, for
+        a transport with no fallback (``/v2``): a failure raises :class:`StageFailed` with
+        its kind."""
         spec = self.spec
-        breaker = self.breaker
+        breaker = live.breaker
         if breaker is not None and not breaker.allow():
             raise StageFailed(spec.name, spec.categories.unavailable,
                               f"model {spec.name!r} is unavailable: circuit breaker open",
                               Failure.UNAVAILABLE)
         now = asyncio.get_running_loop().time()
         until = call_until(deadline, spec.timeout, now)
+        batched = live.batcher is not None
         try:
-            predictions = await self.predict(rows, until)
+            predictions = await self.predict(live, rows, until)
         except asyncio.CancelledError:
-            self._account(None, reached_batcher=False)
+            self._account(breaker, None, batched=False)
             raise
         except Exception as error:
-            failure = self._judge(error, gave_up=caller_gave_up(deadline, until),
-                                  reached_batcher=True)
+            failure = self._judge(breaker, error, gave_up=caller_gave_up(deadline, until),
+                                  batched=batched)
             raise StageFailed(spec.name, spec.categories.of(failure),
                               _explain(spec.name, failure, error, until - now),
                               failure) from None
-        self._account(False, reached_batcher=True)
+        self._account(breaker, False, batched=batched)
         return predictions
 
-    def predict(self, rows: np.ndarray, until: float) -> Awaitable[np.ndarray]:
+    def predict(self, live: LiveModel, rows: np.ndarray, until: float
+                ) -> Awaitable[np.ndarray]:
         """Run the model on ``rows`` through the batcher (if any) or the runner, by ``until``
         (loop time). Raises what the model or batcher raised.
 
         A plain function returning what to await: a batched call awaits the batcher's own
         ``submit`` directly, with no coroutine of ours around it on the hot path."""
-        assert self.runner is not None
-        if self.batcher is not None:
+        batcher = live.batcher
+        if batcher is not None:
             # The batcher holds no rows past their deadline (on time.monotonic's clock), queued
             # or running (one timer per batch): no timer per request here.
             left = until - asyncio.get_running_loop().time()
-            return self.batcher.submit(rows, time.monotonic() + left)
-        return self._run_alone(rows, until)
+            return batcher.submit(rows, time.monotonic() + left)
+        return self._run_alone(live, rows, until)
 
-    async def _run_alone(self, rows: np.ndarray, until: float) -> np.ndarray:
-        assert self.runner is not None
+    async def _run_alone(self, live: LiveModel, rows: np.ndarray, until: float) -> np.ndarray:
         clock = time.perf_counter()
         async with asyncio.timeout_at(until):
-            predictions = await self.runner.run(rows)
-        self.metrics.observe_model(self.spec.name, self.version, time.perf_counter() - clock)
+            predictions = await live.runner.run(rows)
+        self.metrics.observe_model(self.spec.name, live.version, time.perf_counter() - clock)
         return predictions
 
     # -- fallbacks --------------------------------------------------------------------------
 
-    def _recover(self, request: Any, ctx: RequestContext, error: Exception, clock: float, *,
-                 gave_up: bool, reached_batcher: bool) -> Any:
+    def _recover(self, breaker: CircuitBreaker | None, request: Any, ctx: RequestContext,
+                 error: Exception, clock: float, *, gave_up: bool, batched: bool) -> Any:
         """The fallback for a stage that raised, timed out or was refused (``StageFailed``
         if it has none), its breaker fed and the failure logged."""
-        failure = self._judge(error, gave_up=gave_up, reached_batcher=reached_batcher,
+        failure = self._judge(breaker, error, gave_up=gave_up, batched=batched,
                               request_id=ctx.request_id)
         if failure is Failure.TIMEOUT and not gave_up:
             ctx.timed_out = True
@@ -335,15 +354,9 @@ class StageRuntime:
         return spec.fallback_value(request)
 
     async def aclose(self) -> None:
-        """Finish what the batcher holds, then stop the model threads."""
-        if self.batcher is not None:
-            await self.batcher.aclose()
-        if self.runner is not None:
-            close = getattr(self.runner, "aclose", None)
-            if close is not None:
-                await close()
-            else:
-                self.runner.close()
+        """Finish what the current version's batcher holds, then stop its model threads."""
+        if self.live is not None:
+            await self.live.aclose()
 
 
 def _explain(model: str, failure: Failure, error: Exception, budget: float) -> str:

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from buttress.backends import Connections, parse_backend_url
 from buttress.registry import aliases
@@ -120,12 +120,29 @@ class Registry:
         return await self._change(name, "promote", who, why,
                                   lambda s: aliases.promote(s, version))
 
-    async def rollback(self, name: str, *, who: str, why: str = "") -> Change:
-        """Point ``stable`` back at the version stable before the current one."""
+    @overload
+    async def rollback(self, name: str, *, who: str, why: str = "") -> Change: ...
+
+    @overload
+    async def rollback(self, name: str, *, who: str, why: str = "",
+                       if_stable: str) -> Change | None: ...
+
+    async def rollback(self, name: str, *, who: str, why: str = "",
+                       if_stable: str | None = None) -> Change | None:
+        """Point ``stable`` back at the version stable before the current one.
+
+        ``if_stable``: only if ``stable`` is still that version, decided in the same
+        compare-and-set as the move; otherwise nothing changes and the answer is ``None``.
+        Replicas that judged the same promotion each ask, and only the first moves it."""
         await self.versions(name)  # raises for an unknown name
-        change = await self._change(name, "rollback", who, why,
-                                    lambda s: aliases.rollback(s, name))
-        assert change is not None  # a rollback always moves, or raises
+
+        def decide(state: AliasState) -> aliases.Move | None:
+            if if_stable is not None and state.aliases.get("stable") != if_stable:
+                return None
+            return aliases.rollback(state, name)
+
+        change = await self._change(name, "rollback", who, why, decide)
+        assert change is not None or if_stable is not None  # a plain rollback moves or raises
         return change
 
     async def _change(self, name: str, action: Action, who: str, why: str,
