@@ -8,8 +8,8 @@ import buttress as bt
 PUBLIC = [
     "NO_FALLBACK", "AlertNotice", "Batch", "Breaker", "Cache", "Category", "ContractViolation",
     "FeatureStore", "FeatureTable", "FixedWindow", "FromRegistry", "Input", "Output", "Registry",
-    "RemoteModel", "RequestContext", "Runtime", "Service", "Settings", "SlidingWindow",
-    "__version__", "field", "load_settings",
+    "RemoteModel", "RequestContext", "RollbackRule", "Runtime", "Service", "Settings",
+    "SlidingWindow", "__version__", "field", "load_settings",
 ]
 
 
@@ -32,6 +32,7 @@ def test_each_public_name_is_the_object_its_home_module_defines() -> None:
         "load_settings": "buttress.config", "NO_FALLBACK": "buttress.stages",
         "FromRegistry": "buttress.registry.declaration", "Registry": "buttress.registry.registry",
         "AlertNotice": "buttress.observability.alerts",
+        "RollbackRule": "buttress.registry.rollback_rule",
     }
     for name, module in homes.items():
         assert getattr(bt, name) is getattr(importlib.import_module(module), name), name

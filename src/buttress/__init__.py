@@ -17,7 +17,7 @@ from buttress.interface import ContractViolation, Input, Output, field
 from buttress.observability.alerts import AlertNotice
 from buttress.pipeline.context import RequestContext
 from buttress.pipeline.runtime import Runtime
-from buttress.registry import FromRegistry, Registry
+from buttress.registry import FromRegistry, Registry, RollbackRule
 from buttress.resilience.breaker import Breaker
 from buttress.resilience.categories import Category
 from buttress.runners import RemoteModel
@@ -41,6 +41,7 @@ __all__ = [
     "Registry",
     "RemoteModel",
     "RequestContext",
+    "RollbackRule",
     "Runtime",
     "Service",
     "Settings",

@@ -30,16 +30,18 @@ if TYPE_CHECKING:
 class LiveModel:
     """One version of a model stage, running."""
 
-    __slots__ = ("batcher", "breaker", "runner", "version")
+    __slots__ = ("batcher", "breaker", "closed", "runner", "version")
 
     def __init__(self, version: str, runner: Runner, breaker: CircuitBreaker | None) -> None:
         self.version = version
         self.runner = runner
         self.batcher: Batcher | None = None
         self.breaker = breaker
+        self.closed = False
 
     async def aclose(self) -> None:
         """Finish what the batcher holds, then stop the model threads."""
+        self.closed = True
         if self.batcher is not None:
             await self.batcher.aclose()
         close: Any = getattr(self.runner, "aclose", None)

@@ -30,6 +30,7 @@ from buttress.registry.records import (
     Serving,
 )
 from buttress.registry.registry import DEFAULT_MODELS_DIR, DEFAULT_URL, Registry
+from buttress.registry.rollback_rule import RollbackRule
 from buttress.registry.watch import RegistryWatcher
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "RegistryError",
     "RegistryUnavailable",
     "RegistryWatcher",
+    "RollbackRule",
     "Serving",
     "UnknownModel",
     "UnknownVersion",
