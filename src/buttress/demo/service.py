@@ -3,7 +3,9 @@
 Serve it with ``buttress demo`` (or ``buttress serve buttress.demo.service:svc``).
 It exercises every layer: a typed input that absorbs a renamed key (``seller_margin``) and
 wrong types, user and product feature look-ups that fall back to default features, a
-scikit-learn model behind a deadline and a circuit breaker with a default prediction.
+scikit-learn model behind a deadline and a circuit breaker with a default prediction, served
+from the model registry (``stable``), hot-swapped when the alias moves, and rolled back by
+itself when a promoted version hands out much more discount than the one before.
 
 Fault injection, for the tour and the tests: an ``order_id`` starting with ``fail-model``
 makes the model stage raise (``model_error``); a client header ``X-Deadline-Ms: 1`` leaves
@@ -12,6 +14,8 @@ the stages no time (``model_timeout``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -24,9 +28,17 @@ from buttress.demo.data import (
     generate_users,
 )
 from buttress.demo.model import DEFAULT_DISCOUNT_PCT, build_rows, clip_discount
-from buttress.demo.train import load_model
+from buttress.demo.train import ensure_models
+from buttress.registry import VersionExists
 
+MODEL_NAME = "discount"
 MODEL_VERSION = "v1"
+"""The version the demo's registry starts with as ``stable``."""
+DEMO_ACTOR = "buttress-demo"
+VERSION_NOTES = {
+    "v1": "the demo's model: learns the ground truth",
+    "v2": "a promo-happy retrain: hands out ~50% more discount (the rollback rule catches it)",
+}
 
 
 class User(bt.Input):
@@ -132,9 +144,41 @@ def default_discounts(order: Order) -> np.ndarray:
     return np.full(len(order.sub_orders), DEFAULT_DISCOUNT_PCT)
 
 
-@svc.model(model=load_model(MODEL_VERSION), version=MODEL_VERSION, timeout="100ms",
-           fallback=default_discounts, breaker=bt.Breaker(consecutive_failures=5, open_for="5s"),
-           batch=bt.Batch(max_size=64, max_wait="2ms"))
+def mean_discount(order: Order, response: Discounts) -> float:
+    """The mean discount of one answer, in percent: what the rollback rule compares."""
+    return sum(d.discount_pct for d in response.discounts) / len(response.discounts)
+
+
+@svc.on_startup
+async def register_versions(runtime: bt.Runtime) -> None:
+    """At the first start in a folder, put both trained versions in its registry: ``v1``
+    stable, ``v2`` (the over-generous retrain) the candidate the tour promotes.
+
+    They are joblib (pickle) files, registered with ``allow_pickle`` and loaded with
+    ``FromRegistry(..., allow_pickle=True)``: acceptable only because this very package
+    trained them on this machine (``buttress.demo.train``); never do it for a downloaded file.
+    """
+    settings = runtime.settings
+    async with bt.Registry(settings.registry_url, models_dir=settings.models_dir,
+                           connections=runtime.connections) as registry:
+        if MODEL_NAME in await registry.names():
+            return
+        paths = await asyncio.to_thread(ensure_models)
+        for version, notes in VERSION_NOTES.items():
+            with contextlib.suppress(VersionExists):  # another worker got there first
+                await registry.register(MODEL_NAME, paths[version], who=DEMO_ACTOR,
+                                        version=version, notes=notes, allow_pickle=True,
+                                        candidate=version != MODEL_VERSION)
+        await registry.promote(MODEL_NAME, MODEL_VERSION, who=DEMO_ACTOR,
+                               why="first start of the demo")
+
+
+@svc.model(model=bt.FromRegistry(MODEL_NAME, alias="stable", allow_pickle=True),
+           timeout="100ms", fallback=default_discounts,
+           breaker=bt.Breaker(consecutive_failures=5, open_for="5s"),
+           batch=bt.Batch(max_size=64, max_wait="2ms"),
+           rollback=[bt.RollbackRule("mean_discount", measure=mean_discount, max_increase=0.25,
+                                     min_requests=200, watch_for="5min")])
 def discount_model(order: Order, user_features: dict[str, Any],
                    product_features: list[dict[str, Any]]) -> np.ndarray:
     if order.order_id.startswith("fail-model"):

@@ -148,12 +148,12 @@ class Runtime:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush_metrics_every(FLUSH_INTERVAL), name="metrics")
         await self.pipeline.open(self.connections)
-        if self.registry_models is not None:
-            await self.registry_models.open()
         for name, factory in self.service.resources.items():
             self.pipeline.resources[name] = await factory(self)
         for hook in self.service.startup_hooks:
             await hook(self)
+        if self.registry_models is not None:  # after the hooks: one may register versions
+            await self.registry_models.open()
         if self.service.example is not None:
             await self._warm_up()
         _tune_garbage_collector()
