@@ -37,6 +37,11 @@ KNOWN_COLUMNS: dict[str, str] = {
     # alert events
     "alert": "VARCHAR", "state": "VARCHAR", "severity": "VARCHAR", "value": "DOUBLE",
     "labels": "MAP(VARCHAR, VARCHAR)", "summary": "VARCHAR",
+    # model events (a hot swap, a refused version, an automatic rollback)
+    "model": "VARCHAR", "action": "VARCHAR", "version": "VARCHAR",
+    "previous_version": "VARCHAR", "reason": "VARCHAR", "detail": "VARCHAR",
+    "rule": "VARCHAR", "baseline": "DOUBLE", "issued": "BOOLEAN", "replica": "VARCHAR",
+    "seconds": "DOUBLE",
 }
 
 BUILTIN_QUERIES: dict[str, str] = {
