@@ -39,6 +39,7 @@ from buttress.observability.metrics import (
     watch_loop_lag,
 )
 from buttress.pipeline.context import RequestContext
+from buttress.pipeline.door import Door
 from buttress.pipeline.engine import Pipeline
 from buttress.pipeline.stage import StageFailed
 from buttress.resilience.admission import Admission, ConcurrencyLimit
@@ -125,8 +126,10 @@ class Runtime:
         self._pid = os.getpid()
         self._flusher: asyncio.Task[None] | None = None
         self._parse = service.input.parser(max_depth=settings.max_json_depth)
-        self.admission = admission_limit(settings, service)
-        """The door's concurrency limit (None: no limit); see ``buttress.resilience.admission``."""
+        limit = admission_limit(settings, service)
+        self.door = Door(limit) if limit is not None else None
+        """At most the learned number of requests in the pipeline, a short wait for the next
+        (``buttress.pipeline.door``); None: every request is let in."""
         self._shed_with_fallback = settings.overload_response == "fallback"
         self.alerts: AlertEvaluator | None = None
         if settings.alerts:
@@ -213,17 +216,16 @@ class Runtime:
     async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
                      bypass_cache: bool = False, record: bool = True,
                      warm_up: bool = False) -> Answer:
-        clock = time.perf_counter()
+        clock = clock_in = time.perf_counter()
         started = asyncio.get_running_loop().time()  # the loop's clock: deadlines use it
         budget = self.settings.deadline if deadline_s is None else deadline_s
         ctx = RequestContext(request_id, started, started + budget)
         ctx.bypass_cache = bypass_cache
         ctx.warm_up = warm_up
         tally = self.metrics.requests
-        in_flight = tally.in_flight
-        limit = self.admission
-        admitted = limit is None or in_flight < limit.limit or warm_up
-        tally.in_flight = in_flight + 1
+        tally.in_flight += 1
+        door = None if warm_up else self.door
+        entered = door is None or door.enter()
         request: Any = None
         try:
             try:
@@ -238,7 +240,11 @@ class Runtime:
                 ctx.violations = parsed.violations
                 request = parsed.value
                 try:
-                    if admitted:
+                    if not entered:  # past the limit: wait a little for a slot, or be shed
+                        assert door is not None
+                        entered = await door.wait(budget)
+                        clock_in = time.perf_counter()
+                    if entered:
                         status, payload = 200, await self.pipeline.run(parsed, ctx)
                     else:
                         status, payload = 200, self.pipeline.shed(
@@ -253,9 +259,13 @@ class Runtime:
                         Category.INTERNAL, f"internal error: {type(error).__name__}")
         finally:
             tally.in_flight -= 1
-        seconds = time.perf_counter() - clock
-        if admitted and limit is not None:
-            limit.sample(seconds, in_flight + 1, ctx.timed_out)
+            if door is not None and entered:
+                inside = door.inside
+                door.leave()
+        now = time.perf_counter()
+        seconds = now - clock
+        if door is not None and entered:
+            door.limit.sample(now - clock_in, inside, ctx.timed_out)
         if record:
             prediction = None
             if self._summary is not None and request is not None:
