@@ -1,0 +1,42 @@
+# The buttress server image: the package, and the discount demo as the default service.
+# Build: docker build -t buttress . ; run: docker run -p 8000:8000 buttress
+# Serve your own service: COPY it in (FROM buttress) and pass its target, e.g.
+#   docker run buttress my_service.py:svc
+# Settings come from BUTTRESS_* variables or a buttress.toml passed with --config.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The package first (its layer changes only with the source), then the demo.
+# (pyproject.toml has no `demo` extra: the demo's dependencies are the package's own.)
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install .
+
+COPY examples ./examples
+# Train the demo's models at build time: the container's file system can then be read-only.
+RUN python -m examples.discount.train
+
+# A user of its own; var/ (events, Prometheus files) is the only place it writes.
+RUN useradd --system --uid 10001 --no-create-home --home-dir /app buttress \
+    && mkdir -p /app/var \
+    && chown buttress /app/var
+USER 10001
+
+# Listen on every interface inside the container; drain_timeout (30 s by default) is what an
+# orchestrator's grace period must cover (see deploy/kubernetes).
+ENV BUTTRESS_HOST=0.0.0.0 \
+    BUTTRESS_PORT=8000
+EXPOSE 8000
+
+# Liveness only: /healthz never depends on Redis or the model.
+HEALTHCHECK --interval=10s --timeout=2s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
+
+ENTRYPOINT ["buttress", "serve"]
+CMD ["examples/discount/service.py:svc"]
