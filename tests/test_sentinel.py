@@ -7,6 +7,7 @@ matrices); here is what only Sentinel has: the primary dies and a replica takes 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -109,4 +110,38 @@ async def test_a_failover_costs_what_redis_being_away_costs(tmp_path: Path) -> N
         assert await cache.set("k", "written after the failover")
     finally:
         await connections.aclose()
+        sentinel.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+async def test_a_silent_sentinel_first_in_the_list_costs_its_timeout_once(
+    tmp_path: Path,
+) -> None:
+    """The first sentinel listed accepts connections and never answers (a zone gone quiet).
+    Callers with a deadline shorter than its timeout give up, but the discovery they started
+    goes on to the next sentinel, so soon every call reaches the primary at once."""
+    sentinel = PrivateSentinel(tmp_path)
+    sentinel.start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes handshakes; nobody ever reads or answers
+    connections = Connections()
+    try:
+        silent_port = silent.getsockname()[1]
+        url = (f"redis+sentinel://127.0.0.1:{silent_port},127.0.0.1:{sentinel.port}/"
+               f"{sentinel.service}/0?timeout=100ms&connect_timeout=100ms")
+        client = connections.redis(url)
+        outcomes = []
+        for _ in range(20):
+            try:
+                outcomes.append(await asyncio.wait_for(client.ping(), timeout=0.03))
+            except TimeoutError:
+                outcomes.append(False)
+            await asyncio.sleep(0.03)
+        assert outcomes[0] is False  # the first caller waited on the silent sentinel
+        assert outcomes[-5:] == [True] * 5  # then the answering sentinel was asked first
+    finally:
+        await connections.aclose()
+        silent.close()
         sentinel.stop()

@@ -16,10 +16,18 @@ connect timeout once, not on every connection.
 
 The pool is redis-py's ``SentinelConnectionPool`` made blocking (as ``redis://`` pools are):
 when every connection is busy a caller waits up to ``timeout`` instead of opening more.
+
+One change to redis-py's discovery: it asks the sentinels one after the other, and a caller's
+deadline (a 30 ms stage timeout) can cancel it while it waits on an unreachable sentinel
+(100 ms connect timeout), every time, so it would never reach the sentinel that answers. Here
+the discovery runs as one task shared by the callers of the moment and shielded from their
+cancellation: it finishes, puts the sentinel that answered first in the list, and the next
+caller finds the primary at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from buttress.backends.redis import (
@@ -38,7 +46,9 @@ if TYPE_CHECKING:
 def connect_sentinel(url: BackendURL) -> Redis:
     """An asyncio client of the primary that ``url``'s sentinels name, following failovers."""
     from redis.asyncio import BlockingConnectionPool
+    from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+    from redis.backoff import NoBackoff
 
     class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
         """Sentinel's address discovery with the blocking pool's bounded wait (the MRO puts
@@ -49,8 +59,25 @@ def connect_sentinel(url: BackendURL) -> Redis:
                               name="connect timeout")
     sockets: dict[str, Any] = {"socket_timeout": timeout,
                                "socket_connect_timeout": connect_timeout}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-        list(url.sentinels), sentinel_kwargs=dict(sockets))
+    class SharedDiscoverySentinel(Sentinel):
+        """Sentinel whose master discovery survives its callers' cancellation (see above)."""
+
+        _discoveries: dict[str, asyncio.Future[Any]]
+
+        async def discover_master(self, service_name: str) -> Any:
+            running = self._discoveries.get(service_name)
+            if running is None or running.done():
+                running = asyncio.ensure_future(super().discover_master(service_name))
+                # retrieved here, so a discovery whose callers all left logs nothing
+                running.add_done_callback(lambda done: done.cancelled() or done.exception())
+                self._discoveries[service_name] = running
+            return await asyncio.shield(running)
+
+    # No retries when asking a sentinel (a Redis client's default is 3 with a backoff of up
+    # to seconds): the next sentinel in the list is the retry.
+    sentinel = SharedDiscoverySentinel(  # type: ignore[no-untyped-call]  # untyped in redis-py
+        list(url.sentinels), sentinel_kwargs={**sockets, "retry": Retry(NoBackoff(), 0)})
+    sentinel._discoveries = {}
     client: Redis = sentinel.master_for(
         url.path,
         connection_pool_class=BlockingSentinelPool,
