@@ -118,15 +118,21 @@ class PrivateSentinel:
     workdir: Path
     service: str = "buttress-test"
     primary: PrivateRedis = field(default_factory=PrivateRedis)
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    count: int = 1  # sentinels (quorum: a majority of them)
+    ports: list[int] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     with_replica: bool = False  # a replica of the primary, for failover tests
     down_after_ms: int = 1000
     replica: PrivateRedis | None = None
 
     @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-sentinel")
@@ -142,21 +148,25 @@ class PrivateSentinel:
             self.replica = PrivateRedis(
                 extra_args=(*quick_sync, "--replicaof", "127.0.0.1", str(self.primary.port)))
             self.replica.start()
-        config = self.workdir / "sentinel.conf"  # Sentinel rewrites its file: one of its own
-        config.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
-            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
-            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
-            f"sentinel failover-timeout {self.service} 10000\n")
-        self.process = subprocess.Popen(
-            [binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
+        quorum = self.count // 2 + 1
+        for index in range(self.count):
+            port = free_port()
+            config = self.workdir / f"sentinel-{index}.conf"  # Sentinel rewrites its file
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} 10000\n")
+            self.processes.append(subprocess.Popen(
+                [binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.ports.append(port)
+            wait_for_port(port)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
+        for process in self.processes:
+            process.kill()
+            process.wait(timeout=10)
+        self.processes.clear()
         self.primary.stop()
         if self.replica is not None:
             self.replica.stop()

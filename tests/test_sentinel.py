@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from buttress.backends import Connections, parse_backend_url
+from buttress.backends.sentinel import majority_answer
 from buttress.cache import MISS, Cache, ResultCache
 from buttress.config import Settings
 from buttress.resilience.breaker import Breaker
@@ -115,13 +116,13 @@ async def test_a_failover_costs_what_redis_being_away_costs(tmp_path: Path) -> N
 
 @pytest.mark.slow
 @pytest.mark.redis
-async def test_a_silent_sentinel_first_in_the_list_costs_its_timeout_once(
+async def test_a_silent_sentinel_costs_nothing_while_a_majority_answers(
     tmp_path: Path,
 ) -> None:
-    """The first sentinel listed accepts connections and never answers (a zone gone quiet).
-    Callers with a deadline shorter than its timeout give up, but the discovery they started
-    goes on to the next sentinel, so soon every call reaches the primary at once."""
-    sentinel = PrivateSentinel(tmp_path)
+    """Of three sentinels, the first listed accepts connections and never answers (a zone
+    gone quiet): the two others are a majority, so callers whose deadline (30 ms) is shorter
+    than its timeout (100 ms) still reach the primary."""
+    sentinel = PrivateSentinel(tmp_path, count=2)
     sentinel.start()
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -129,7 +130,8 @@ async def test_a_silent_sentinel_first_in_the_list_costs_its_timeout_once(
     connections = Connections()
     try:
         silent_port = silent.getsockname()[1]
-        url = (f"redis+sentinel://127.0.0.1:{silent_port},127.0.0.1:{sentinel.port}/"
+        answering = ",".join(f"127.0.0.1:{port}" for port in sentinel.ports)
+        url = (f"redis+sentinel://127.0.0.1:{silent_port},{answering}/"
                f"{sentinel.service}/0?timeout=100ms&connect_timeout=100ms")
         client = connections.redis(url)
         outcomes = []
@@ -139,9 +141,37 @@ async def test_a_silent_sentinel_first_in_the_list_costs_its_timeout_once(
             except TimeoutError:
                 outcomes.append(False)
             await asyncio.sleep(0.03)
-        assert outcomes[0] is False  # the first caller waited on the silent sentinel
-        assert outcomes[-5:] == [True] * 5  # then the answering sentinel was asked first
+        assert outcomes == [True] * len(outcomes)
     finally:
         await connections.aclose()
         silent.close()
         sentinel.stop()
+
+
+class FakeSentinel:
+    """Answers ``SENTINEL MASTERS`` after ``delay`` with one master's state, or never."""
+
+    def __init__(self, ip: str | None, epoch: int = 0, delay: float = 0.0) -> None:
+        self.ip, self.epoch, self.delay = ip, epoch, delay
+
+    async def sentinel_masters(self) -> dict[str, dict[str, object]]:
+        await asyncio.sleep(self.delay if self.ip else 3600)
+        return {"mymaster": {"ip": self.ip, "port": 6379, "config-epoch": self.epoch}}
+
+
+async def test_a_sentinel_that_missed_the_failover_is_outvoted() -> None:
+    """The stale sentinel (its zone was cut off) answers first; a majority includes one that
+    saw the failover, and the higher config epoch wins."""
+    sentinels = [FakeSentinel("10.0.0.1", epoch=0), FakeSentinel("10.0.0.2", epoch=1, delay=0.01),
+                 FakeSentinel(None)]
+
+    address = await asyncio.wait_for(
+        majority_answer(sentinels, "mymaster", valid=lambda state: True), timeout=1)
+
+    assert address == ("10.0.0.2", 6379)
+
+
+async def test_no_valid_answer_means_no_master() -> None:
+    sentinels = [FakeSentinel("10.0.0.1"), FakeSentinel("10.0.0.2")]
+
+    assert await majority_answer(sentinels, "mymaster", valid=lambda state: False) is None
