@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,8 @@ def test_the_image_runs_buttress_serve_and_checks_healthz() -> None:
     envs = dockerfile().envs
     assert envs["BUTTRESS_HOST"] == "0.0.0.0"
     assert instructions("EXPOSE") == [envs["BUTTRESS_PORT"]]
-    # the package installed is this one, with no extra that pyproject.toml lacks
+    # the package installed is this one, with the demo extra when pyproject.toml has one
     installs = [run for run in instructions("RUN") if "pip install" in run]
-    assert installs == ["pip install ."]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get(
+        "optional-dependencies", {})
+    assert installs == (['pip install ".[demo]"'] if "demo" in extras else ["pip install ."])

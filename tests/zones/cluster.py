@@ -69,7 +69,7 @@ class Cluster:
             process = self.processes[name]
             try:
                 wait_until_ready(f"http://{self.zones.ip(zone)}:{port}", 90,
-                                 alive=lambda p=process: p.poll() is None)  # type: ignore[misc]
+                                 alive=lambda p=process: p.poll() is None)
             except (RuntimeError, TimeoutError) as error:
                 log = (self.workdir / name / "server.log").read_text(errors="replace")
                 raise RuntimeError(f"replica {name}: {error}\n{log}") from None

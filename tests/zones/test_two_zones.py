@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,10 +79,11 @@ async def scenario(cluster: Cluster) -> tuple[list[Answer], dict[str, float]]:
     load = Load(cluster.base_url, RATE, CONCURRENCY, WARM + OUTAGE + AFTER, USERS)
     marks: dict[str, float] = {}
 
-    async def until(predicate: object, within: float) -> float:
+    async def until(predicate: Callable[[], bool], within: float) -> float:
+        """When (load time) ``predicate`` first held, polled every 100 ms; inf if never."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if await asyncio.to_thread(predicate):  # type: ignore[arg-type]
+            if await asyncio.to_thread(predicate):
                 return load.now()
             await asyncio.sleep(0.1)
         return float("inf")
