@@ -112,18 +112,19 @@ def test_zone_a_disappears_and_rejoins_under_load(cluster: Cluster) -> None:
     result: Figures = figures(answers, cut=marks["cut"], restore=marks["restore"],
                               promoted=marks["promoted"], a_synced=marks["a_synced"],
                               limit=LIMIT)
-    print(f"\ntwo zones, {RATE:.0f} req/s, {CONCURRENCY} connections, zone a away "
-          f"{OUTAGE:.0f} s:\n{result.report()}")
+    report = (f"two zones, {RATE:.0f} req/s, {CONCURRENCY} connections, zone a away "
+              f"{OUTAGE:.0f} s:\n{result.report()}")
+    print(f"\n{report}")
 
-    assert result.requests >= 0.9 * RATE * (WARM + OUTAGE + AFTER)
+    assert result.requests >= 0.9 * RATE * (WARM + OUTAGE + AFTER), report
     # zone a's loss: only requests in flight to it fail
-    assert result.failed_while_a_disappears <= RATE * 2
-    assert result.seconds_until_b_promoted < 10
-    assert result.seconds_until_all_from_b_without_fallbacks < CLEAN_WITHIN
+    assert result.failed_while_a_disappears <= RATE * 2, report
+    assert result.seconds_until_b_promoted < 10, report
+    assert result.seconds_until_all_from_b_without_fallbacks < CLEAN_WITHIN, report
     # the guardrail: every user reached the limit, after the failover, and it held
-    assert result.users_at_limit == USERS
-    assert result.guardrail_overshoot <= CONCURRENCY
+    assert result.users_at_limit == USERS, report
+    assert result.guardrail_overshoot <= CONCURRENCY, report
     # zone a rejoins cleanly
-    assert result.failed_after_rejoin == 0
-    assert result.seconds_until_a_redis_in_sync < REJOIN_WITHIN
-    assert result.seconds_until_a_answers_again < AFTER
+    assert result.failed_after_rejoin == 0, report
+    assert result.seconds_until_a_redis_in_sync < REJOIN_WITHIN, report
+    assert result.seconds_until_a_answers_again < AFTER, report

@@ -18,7 +18,7 @@ for a failure a zone outage produces:
   believes the first that answers. A sentinel cut off with the old primary (its zone rejoining)
   still names the old primary; a majority always includes one that saw the failover, and the
   answer with the highest ``config-epoch`` wins. An unreachable sentinel costs nothing while a
-  majority answers.
+  majority answers; while a majority does not, a discovery waits for their timeout.
 - **Checked again every second** (``refresh`` in the URL, default 1s) by the first caller that
   takes a connection then: pooled connections never ask, so without this a replica would keep
   writing to an old primary that came back (a split brain whose writes Sentinel then discards,
