@@ -72,7 +72,7 @@ class Model:
         return [*SERVE, f"{self.service}:{attr}", "--port", "{port}"]
 
 
-# the demo's example order (examples/discount/service.py), one sub-order
+# the demo's example order (buttress/demo/service.py), one sub-order
 ORDER = {"order_id": "o-1", "user": {"id": 42, "app_version": "5.12.0"},
          "sub_orders": [{"sub_order_id": "so-1", "product_id": 501, "price": 499.0,
                          "margin": 0.18, "quantity": 1}]}
@@ -118,9 +118,9 @@ def model_costs(quick: bool) -> str:
     from threadpoolctl import threadpool_limits
 
     from bench.services.network import EXAMPLE_X, MLP, row_from
-    from examples.discount.data import generate_products, generate_users
-    from examples.discount.model import as_order, build_rows
-    from examples.discount.train import load_model
+    from buttress.demo.data import generate_products, generate_users
+    from buttress.demo.model import as_order, build_rows
+    from buttress.demo.train import load_model
 
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {int(SERVER_CPU)})

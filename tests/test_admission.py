@@ -139,7 +139,44 @@ async def test_off_admits_everything(tmp_path: Path) -> None:
     assert all(not a.context.fallbacks for a in answers)
 
 
-async def test_the_learned_target_is_half_the_shortest_stage_timeout(tmp_path: Path) -> None:
-    async with serving(slow_service(), tmp_path) as h:
+async def test_the_default_target_is_half_the_deadline(tmp_path: Path) -> None:
+    async with serving(slow_service(), tmp_path, deadline="300ms") as h:
         assert h.runtime.admission is not None
-        assert h.runtime.admission._target == pytest.approx(0.5)
+        assert h.runtime.admission._target == pytest.approx(0.15)
+
+
+def test_own_timeouts_make_a_window_unhealthy_even_when_fast(clock: FakeClock) -> None:
+    limiter = limit(clock)
+    for _ in range(3):
+        clock.advance(0.1)
+        for i in range(10):
+            limiter.sample(TARGET / 4, 200, timed_out=i < 3)  # 30 % timed out
+    assert limiter.limit < 200
+
+
+def test_rare_timeouts_are_tolerated(clock: FakeClock) -> None:
+    limiter = limit(clock, initial_limit=100)
+    for _ in range(20):
+        clock.advance(0.1)
+        for i in range(200):
+            limiter.sample(TARGET / 4, 100, timed_out=i == 0)  # 0.5 %
+    assert limiter.limit >= 100
+
+
+def test_it_does_not_spiral_below_half_the_concurrency_last_seen_healthy(
+        clock: FakeClock) -> None:
+    """Past capacity, shed requests congest the loop too: latency stays high however low the
+    limit goes. The limit must not chase it down to its minimum."""
+    limiter = limit(clock)
+    windows(limiter, clock, latency=TARGET / 2, in_flight=40, count=5)  # healthy at 40
+    for _ in range(60):  # then 6 s overloaded, whatever the limit
+        windows(limiter, clock, latency=5 * TARGET, in_flight=limiter.limit)
+    assert 20 <= limiter.limit < 40
+
+
+def test_the_floor_is_forgotten_once_nothing_is_healthy_for_a_while(clock: FakeClock) -> None:
+    limiter = limit(clock, memory="2s")
+    windows(limiter, clock, latency=TARGET / 2, in_flight=40, count=5)
+    for _ in range(100):  # 10 s of overload: the memory of 40 expired
+        windows(limiter, clock, latency=5 * TARGET, in_flight=limiter.limit)
+    assert limiter.limit < 20

@@ -178,9 +178,15 @@ def test_the_two_zone_overlay_uses_redis_through_sentinel() -> None:
     assert len(term["matchExpressions"][0]["values"]) == 2
 
 
+def target_file(target: str) -> Path:
+    """The source file of a ``module:attr`` or ``path/to/file.py:attr`` target."""
+    where = target.split(":")[0]
+    return REPO / (where if where.endswith(".py") else f"src/{where.replace('.', '/')}.py")
+
+
 def test_the_deployment_serves_a_target_that_exists() -> None:
     (container,) = one("base", "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert (REPO / container["args"][0].split(":")[0]).is_file()
+    assert target_file(container["args"][0]).is_file()
 
 
 # --- Dockerfile -----------------------------------------------------------------------------
@@ -222,8 +228,8 @@ def test_every_path_the_dockerfile_copies_exists_and_is_in_the_build_context() -
 def test_the_image_runs_buttress_serve_and_checks_healthz() -> None:
     assert json.loads(instructions("ENTRYPOINT")[0]) == ["buttress", "serve"]
     (target,) = json.loads(instructions("CMD")[0])
-    assert (REPO / target.split(":")[0]).is_file()
-    assert not ignored(target.split(":")[0])
+    assert target_file(target).is_file()
+    assert not ignored(str(target_file(target).relative_to(REPO)))
     (healthcheck,) = instructions("HEALTHCHECK")
     assert "/healthz" in healthcheck
     envs = dockerfile().envs

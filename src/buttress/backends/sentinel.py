@@ -39,6 +39,7 @@ from buttress.backends.redis import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_SIZE,
     DEFAULT_SOCKET_TIMEOUT,
+    HEALTH_CHECK_INTERVAL,
 )
 from buttress.resilience.durations import seconds
 
@@ -86,6 +87,7 @@ def connect_sentinel(url: BackendURL) -> Redis:
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     refresh = seconds(url.options.get("refresh", DEFAULT_REFRESH), name="sentinel refresh")
 
@@ -140,7 +142,12 @@ def connect_sentinel(url: BackendURL) -> Redis:
         db=url.db,
         max_connections=int(url.options.get("max_connections", DEFAULT_POOL_SIZE)),
         timeout=timeout,  # how long to wait for a free connection from the pool
-        health_check_interval=30,
+        # as redis:// (backends/redis.py): health checks, keepalive, one retry at once on a
+        # fresh connection after a ConnectionError (which is also what a demoted primary's
+        # READONLY becomes: the retry asks the sentinels and goes to the promoted one)
+        health_check_interval=HEALTH_CHECK_INTERVAL,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         retry_on_timeout=False,
         **sockets,
     )

@@ -12,9 +12,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from buttress.http.admin import admin_routes
+from buttress.http.admin_models import model_routes
 from buttress.http.oip import oip_routes
 from buttress.http.openapi import build_openapi
 from buttress.http.predict import PredictEndpoint
+from buttress.registry import Registry
 
 if TYPE_CHECKING:
     from buttress.pipeline.runtime import Runtime
@@ -41,6 +43,11 @@ def create_app(runtime: Runtime) -> ButtressApp:
 
 def _starlette(runtime: Runtime) -> Starlette:
     openapi = build_openapi(runtime.service)
+    settings = runtime.settings
+    # for the admin API; building it does no I/O, it connects on first use
+    registry = Registry(settings.registry_url, models_dir=settings.models_dir,
+                        on_change=runtime.metrics.count_model_change,
+                        on_refused=runtime.metrics.count_model_refused)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
@@ -65,16 +72,22 @@ def _starlette(runtime: Runtime) -> Starlette:
         try:
             yield
         finally:
-            await runtime.stop()
+            try:
+                await runtime.stop()
+            finally:
+                await registry.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             *admin_routes(runtime),
+            *model_routes(runtime, registry),
             *oip_routes(runtime),
         ],
         lifespan=lifespan,
     )
+    app.state.registry = registry
+    return app

@@ -33,6 +33,7 @@ class RequestContext:
         "request_id",
         "stage_ms",
         "started",
+        "timed_out",
         "violations",
         "warm_up",
     )
@@ -53,6 +54,8 @@ class RequestContext:
         self.error: AppliedFallback | None = None
         """The failure that made the request fail (no fallback), if any."""
         self.stage_ms: dict[str, float] = {}
+        self.timed_out = False
+        """A stage's own timeout fired (not the request's deadline): the server is slow."""
         self.warm_up = False
         """A warm-up request: it must not spend guardrail budgets."""
 

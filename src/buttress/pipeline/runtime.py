@@ -10,20 +10,33 @@ import contextlib
 import gc
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from buttress.backends import Connections
 from buttress.interface import InputRejected
-from buttress.observability.events import EventLog, EventSink, JsonlSink
+from buttress.observability.alerts import AlertEvaluator, evaluator_for
+from buttress.observability.events import (
+    SCHEMA_VERSION,
+    Deferred,
+    Event,
+    EventLog,
+    EventSink,
+    JsonlSink,
+    Retention,
+    StdoutSink,
+)
+from buttress.observability.exceptions import TRACEBACK_INTERVAL, ExceptionEvents
 from buttress.observability.metrics import (
     FLUSH_INTERVAL,
     ServiceMetrics,
     mark_worker_dead,
     multiprocess_enabled,
+    watch_loop_lag,
 )
 from buttress.pipeline.context import RequestContext
 from buttress.pipeline.engine import Pipeline
@@ -90,10 +103,20 @@ class Runtime:
         self.settings = settings
         self.metrics = ServiceMetrics(service.name)
         self.connections = Connections()
-        sinks: list[EventSink] = [JsonlSink(settings.events_dir), *(extra_sinks or [])]
-        self.events = EventLog(sinks, capacity=settings.events_buffer,
+        retention = Retention(settings.events_rotate_bytes, settings.events_rotate_interval,
+                              settings.events_keep_days, settings.events_keep_bytes)
+        sinks: list[EventSink] = [JsonlSink(settings.events_dir, retention)]
+        if settings.events_stdout:
+            sinks.append(StdoutSink())
+        self.events = EventLog([*sinks, *(extra_sinks or [])], capacity=settings.events_buffer,
                                on_dropped=self.metrics.count_events_dropped)
-        self.pipeline = Pipeline(service, self.metrics, model_threads=settings.model_threads,
+        self.exceptions = ExceptionEvents(service.name, self.events.emit,
+                                          traceback_interval=TRACEBACK_INTERVAL)
+        """One event per caught exception (stages record theirs here too)."""
+        self._summary = service.prediction_summary
+        self._sample_rate = settings.log_sample_rate
+        self.pipeline = Pipeline(service, self.metrics, self.exceptions,
+                                 model_threads=settings.model_threads,
                                  native_threads=settings.model_native_threads,
                                  cache_url=settings.cache_store_url,
                                  guardrail_url=settings.guardrail_store_url)
@@ -105,6 +128,11 @@ class Runtime:
         self.admission = admission_limit(settings, service)
         """The door's concurrency limit (None: no limit); see ``buttress.resilience.admission``."""
         self._shed_with_fallback = settings.overload_response == "fallback"
+        self.alerts: AlertEvaluator | None = None
+        if settings.alerts:
+            self.alerts = evaluator_for(settings, self.metrics, service.name,
+                                        emit=self.events.emit, actions=service.alert_actions)
+        self._background: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -121,6 +149,10 @@ class Runtime:
         if self.service.example is not None:
             await self._warm_up()
         _tune_garbage_collector()
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(watch_loop_lag(self.metrics), name="loop-lag"))
+        if self.alerts is not None:
+            self._background.append(loop.create_task(self.alerts.run(), name="alerts"))
         self.ready = True
 
     async def _warm_up(self) -> None:
@@ -142,6 +174,13 @@ class Runtime:
 
     async def stop(self) -> None:
         self.ready = False
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        if self.alerts is not None:
+            await self.alerts.aclose()
         for hook in self.service.shutdown_hooks:
             await hook(self)
         for resource in self.pipeline.resources.values():
@@ -185,6 +224,7 @@ class Runtime:
         limit = self.admission
         admitted = limit is None or in_flight < limit.limit or warm_up
         tally.in_flight = in_flight + 1
+        request: Any = None
         try:
             try:
                 parsed = self._parse(body)
@@ -196,6 +236,7 @@ class Runtime:
                 # the pipeline is awaited here, not in a helper coroutine: every frame between
                 # the request's task and the model is resumed when its batch returns
                 ctx.violations = parsed.violations
+                request = parsed.value
                 try:
                     if admitted:
                         status, payload = 200, await self.pipeline.run(parsed, ctx)
@@ -206,6 +247,7 @@ class Runtime:
                     status, payload = 503, self._unanswerable(failed, ctx)
                 except Exception as error:  # a bug: answer, count, log; never crash the server
                     log.exception("request %s failed", ctx.request_id)
+                    self.exceptions.record("pipeline", Category.INTERNAL, error, ctx.request_id)
                     ctx.error = None
                     status, payload = 500, error_body(
                         Category.INTERNAL, f"internal error: {type(error).__name__}")
@@ -213,10 +255,40 @@ class Runtime:
             tally.in_flight -= 1
         seconds = time.perf_counter() - clock
         if admitted and limit is not None:
-            limit.sample(seconds, in_flight + 1)
+            limit.sample(seconds, in_flight + 1, ctx.timed_out)
         if record:
-            self.finish(ctx, status, seconds)
+            prediction = None
+            if self._summary is not None and request is not None:
+                prediction = self._prediction(ctx, status, request, payload)
+            self.finish(ctx, status, seconds, prediction)
         return Answer(status, payload, ctx)
+
+    def _prediction(self, ctx: RequestContext, status: int, request: Any,
+                    body: bytes) -> Deferred | None:
+        """What the event's ``prediction`` summary is made from, or None for a clean success
+        left out by ``log_sample_rate``. The writer computes it (``Deferred``): decoding the
+        response and the user's function cost the request nothing."""
+        if status != 200:
+            return Deferred(self._summarize, request, None)
+        if not ctx.fallbacks and self._sample_rate < 1.0 and random.random() >= self._sample_rate:
+            return None
+        return Deferred(self._summarize, request, body)
+
+    def _summarize(self, request: Any, body: bytes | None) -> Any:
+        assert self._summary is not None
+        response: Any = None
+        if body is not None:
+            output = self.service.output
+            response = (output.model_validate_json(body) if output is not None
+                        else orjson.loads(body))
+        return self._summary(request, response)
+
+    def record_exception(self, stage: str, category: Category | str, error: BaseException,
+                         request_id: str | None = None) -> Event:
+        """Emit the event of one caught exception (``kind: exception``); the traceback only
+        for the first of a distinct error (stage + type) within ``TRACEBACK_INTERVAL``.
+        Call it where the failure is caught, next to the log line."""
+        return self.exceptions.record(stage, category, error, request_id)
 
     @staticmethod
     def _unanswerable(failed: StageFailed, ctx: RequestContext) -> bytes:
@@ -232,20 +304,24 @@ class Runtime:
         self.finish(ctx, status, 0.0)
         return Answer(status, error_body(Category.INPUT_INVALID, message), ctx)
 
-    def finish(self, ctx: RequestContext, status: int, seconds: float) -> None:
+    def finish(self, ctx: RequestContext, status: int, seconds: float,
+               prediction: Deferred | None = None) -> None:
         """Record a ``/predict`` request's metrics and its one event."""
         metrics = self.metrics
         metrics.requests.observe(status, seconds)
         for fallback in ctx.fallbacks:
             metrics.count_fallback(fallback.stage, fallback.category)
         for violation in ctx.violations:
-            metrics.count_violation(violation.field, violation.kind)
-        self.record_event(ctx, status, seconds)
+            metrics.count_violation(violation.field, violation.kind, violation.count)
+        self.record_event(ctx, status, seconds, prediction=prediction)
 
     def record_event(self, ctx: RequestContext, status: int, seconds: float,
-                     route: str = PREDICT_ROUTE) -> None:
-        """Emit the one event of a served request (``route`` says which endpoint served it)."""
+                     route: str = PREDICT_ROUTE, prediction: Deferred | None = None) -> None:
+        """Emit the one event of a served request (``route`` says which endpoint served it).
+        The fields are docs/observability.md's schema ``v`` 1."""
         event = {
+            "v": SCHEMA_VERSION,
+            "kind": "request",
             "ts": time.time(),
             "service": self.service.name,
             "request_id": ctx.request_id,
@@ -262,6 +338,7 @@ class Runtime:
                                Category.INTERNAL.value if status >= 500 else None),
             "error_stage": ctx.error.stage if ctx.error else None,
             "stage_ms": ctx.stage_ms,
+            "prediction": prediction,
             "pid": self._pid,
         }
         self.events.emit(event)
@@ -270,9 +347,8 @@ class Runtime:
 def admission_limit(settings: Settings, service: Service) -> ConcurrencyLimit | None:
     """The door's limit for ``max_concurrency``: learned (``auto``), fixed, or none.
 
-    Learned, it holds admitted requests to ``admission_target`` in the server, by default half
-    the shortest stage timeout (a quarter of the deadline if no stage has one): a request
-    that spends longer than that queued behind others is one whose stages start timing out.
+    Learned, it keeps admitted requests healthy: their stages' own timeouts not firing, and
+    their mean time in the server under ``admission_target`` (by default half the deadline).
     """
     setting = settings.max_concurrency
     if setting == "off":
@@ -281,8 +357,5 @@ def admission_limit(settings: Settings, service: Service) -> ConcurrencyLimit | 
         fixed = int(setting)
         return Admission("1h", initial_limit=fixed, min_limit=fixed, max_limit=fixed).build(
             time.monotonic)
-    target = settings.admission_target
-    if target is None:
-        timeouts = [s.timeout for s in service.stages if s.timeout is not None]
-        target = min(timeouts) / 2 if timeouts else settings.deadline / 4
+    target = settings.admission_target or settings.deadline / 2
     return Admission(target).build(time.monotonic)
