@@ -31,6 +31,7 @@ class RequestContext:
         "fallbacks",
         "model_version",
         "request_id",
+        "response",
         "stage_ms",
         "started",
         "timed_out",
@@ -51,6 +52,8 @@ class RequestContext:
         self.cache = ""
         """``hit``, ``miss``, ``bypass``, or empty when the service has no response cache."""
         self.model_version = ""
+        self.response: object = None
+        """The response object, when this request built it (a cache hit has only bytes)."""
         self.error: AppliedFallback | None = None
         """The failure that made the request fail (no fallback), if any."""
         self.stage_ms: dict[str, float] = {}

@@ -279,15 +279,16 @@ class Runtime:
         left out by ``log_sample_rate``. The writer computes it (``Deferred``): decoding the
         response and the user's function cost the request nothing."""
         if status != 200:
-            return Deferred(self._summarize, request, None)
+            return Deferred(self._summarize, request, None, None)
         if not ctx.fallbacks and self._sample_rate < 1.0 and random.random() >= self._sample_rate:
             return None
-        return Deferred(self._summarize, request, body)
+        return Deferred(self._summarize, request, ctx.response, body)
 
-    def _summarize(self, request: Any, body: bytes | None) -> Any:
+    def _summarize(self, request: Any, response: Any, body: bytes | None) -> Any:
+        """The summary, from the response object when the request built one, else decoded
+        from its body (a cached answer)."""
         assert self._summary is not None
-        response: Any = None
-        if body is not None:
+        if response is None and body is not None:
             output = self.service.output
             response = (output.model_validate_json(body) if output is not None
                         else orjson.loads(body))
