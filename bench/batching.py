@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import SERVER_CPU, Result, Server, wrk
+from harness import SERVER_CPU, Result, Server, cpu_seconds, wrk
 
 from bench.services.network import EXAMPLE as MLP_EXAMPLE
 
@@ -167,12 +167,6 @@ def _counters(server: Server, variant: str) -> dict[str, float]:
             key = f"fallbacks:{category.group(1)}"
             sums[key] = sums.get(key, 0.0) + float(value)
     return sums
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(model: Model, variant: str, conns: Sequence[int], duration: float,

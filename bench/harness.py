@@ -50,6 +50,13 @@ def pinned(cpu: str, argv: Sequence[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else list(argv)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads, from /proc: the figure that moves
+    least on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Server:
     """A server subprocess on a free port; ``argv`` may contain ``{port}``."""
 

@@ -10,12 +10,26 @@ from typing import Any
 import pytest
 
 from buttress.registry import Registry
-from tests.support import MACHINE_REDIS_URL, delete_namespaces, unique_prefix
+from tests.support import (
+    MACHINE_REDIS_URL,
+    SENTINEL_URL_TEMPLATE,
+    delete_namespaces,
+    matrix_url,
+    unique_prefix,
+)
 
 BACKENDS = [
     pytest.param("sqlite:///{tmp_path}/registry.db", id="sqlite"),
     pytest.param(MACHINE_REDIS_URL, id="redis", marks=pytest.mark.redis),
+    pytest.param(SENTINEL_URL_TEMPLATE, id="sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
 ]
+
+
+def backend_url(template: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The matrix entry made usable: SQLite in this test's folder, Redis checked or started."""
+    if template.startswith("sqlite"):
+        return template.format(tmp_path=tmp_path)
+    return matrix_url(template, request)
 
 
 @contextlib.asynccontextmanager

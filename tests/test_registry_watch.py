@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from buttress.registry import AliasMoved, Registry, RegistryWatcher
 from tests.model_files import lightgbm_file
-from tests.registry_support import BACKENDS, open_registry
+from tests.registry_support import BACKENDS, backend_url, open_registry
 from tests.support import PrivateRedis
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -26,10 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    template: str = request.param
-    if template.startswith("redis"):
-        request.getfixturevalue("machine_redis_url")
-    return template.format(tmp_path=tmp_path)
+    return backend_url(request.param, request, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -190,12 +190,17 @@ def discount_model(order: Order, user_features: dict[str, Any],
 def summary(order: Order, response: Discounts | None) -> dict[str, Any]:
     """What each event says of its prediction (``buttress insights`` queries it): the order's
     value, its sub-orders, the discount handed out, the mean discount and the app version."""
-    pcts = [d.discount_pct for d in response.discounts] if response is not None else []
+    subs = order.sub_orders
+    values = [s.price * s.quantity for s in subs]
+    if response is None:
+        return {"order_value": round(sum(values), 2), "sub_orders": len(subs),
+                "discount_value": None, "mean_discount_pct": None,
+                "app_version": order.user.app_version}
+    pcts = [d.discount_pct for d in response.discounts]
     return {
-        "order_value": round(sum(s.price * s.quantity for s in order.sub_orders), 2),
-        "sub_orders": len(order.sub_orders),
-        "discount_value": (round(discount_value(order, response), 2)
-                           if response is not None else None),
+        "order_value": round(sum(values), 2),
+        "sub_orders": len(subs),
+        "discount_value": round(sum(v * p for v, p in zip(values, pcts, strict=True)) / 100, 2),
         "mean_discount_pct": round(sum(pcts) / len(pcts), 3) if pcts else None,
         "app_version": order.user.app_version,
     }

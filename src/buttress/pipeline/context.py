@@ -36,6 +36,7 @@ class RequestContext:
         "model_version",
         "models",
         "request_id",
+        "response",
         "stage_ms",
         "started",
         "timed_out",
@@ -59,6 +60,8 @@ class RequestContext:
         self.models: ModelSet | None = None
         """The model versions this request uses, read once when it starts (a hot swap
         replaces the pipeline's set, never this one)."""
+        self.response: object = None
+        """The response object, when this request built it (a cache hit has only bytes)."""
         self.error: AppliedFallback | None = None
         """The failure that made the request fail (no fallback), if any."""
         self.stage_ms: dict[str, float] = {}

@@ -163,6 +163,8 @@ class Pipeline:
             if not await self._admitted(request, response, ctx):
                 response = await self._default_response(request, ctx, results)
                 body = None
+        if response is not _NOT_BUILT:
+            ctx.response = response  # for the prediction summary: no need to decode the body
         return body if body is not None else self._serialize(response)
 
     def shed(self, parsed: ParsedInput, ctx: RequestContext, *, with_fallback: bool) -> bytes:

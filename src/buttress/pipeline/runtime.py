@@ -39,6 +39,7 @@ from buttress.observability.metrics import (
     watch_loop_lag,
 )
 from buttress.pipeline.context import RequestContext
+from buttress.pipeline.door import Door
 from buttress.pipeline.engine import Pipeline
 from buttress.pipeline.follow import RegistryModels
 from buttress.pipeline.stage import StageFailed
@@ -127,8 +128,10 @@ class Runtime:
         self._pid = os.getpid()
         self._flusher: asyncio.Task[None] | None = None
         self._parse = service.input.parser(max_depth=settings.max_json_depth)
-        self.admission = admission_limit(settings, service)
-        """The door's concurrency limit (None: no limit); see ``buttress.resilience.admission``."""
+        limit = admission_limit(settings, service)
+        self.door = Door(limit) if limit is not None else None
+        """At most the learned number of requests in the pipeline, a short wait for the next
+        (``buttress.pipeline.door``); None: every request is let in."""
         self._shed_with_fallback = settings.overload_response == "fallback"
         self.alerts: AlertEvaluator | None = None
         if settings.alerts:
@@ -231,7 +234,7 @@ class Runtime:
     async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
                      bypass_cache: bool = False, record: bool = True,
                      warm_up: bool = False, models: ModelSet | None = None) -> Answer:
-        clock = time.perf_counter()
+        clock = clock_in = time.perf_counter()
         started = asyncio.get_running_loop().time()  # the loop's clock: deadlines use it
         budget = self.settings.deadline if deadline_s is None else deadline_s
         ctx = RequestContext(request_id, started, started + budget)
@@ -239,10 +242,9 @@ class Runtime:
         ctx.warm_up = warm_up
         ctx.models = models  # None: the pipeline's current set
         tally = self.metrics.requests
-        in_flight = tally.in_flight
-        limit = self.admission
-        admitted = limit is None or in_flight < limit.limit or warm_up
-        tally.in_flight = in_flight + 1
+        tally.in_flight += 1
+        door = None if warm_up else self.door
+        entered = door is None or door.enter()
         request: Any = None
         try:
             try:
@@ -257,7 +259,11 @@ class Runtime:
                 ctx.violations = parsed.violations
                 request = parsed.value
                 try:
-                    if admitted:
+                    if not entered:  # past the limit: wait a little for a slot, or be shed
+                        assert door is not None
+                        entered = await door.wait(budget)
+                        clock_in = time.perf_counter()
+                    if entered:
                         status, payload = 200, await self.pipeline.run(parsed, ctx)
                     else:
                         status, payload = 200, self.pipeline.shed(
@@ -272,9 +278,13 @@ class Runtime:
                         Category.INTERNAL, f"internal error: {type(error).__name__}")
         finally:
             tally.in_flight -= 1
-        seconds = time.perf_counter() - clock
-        if admitted and limit is not None:
-            limit.sample(seconds, in_flight + 1, ctx.timed_out)
+            if door is not None and entered:
+                inside = door.inside
+                door.leave()
+        now = time.perf_counter()
+        seconds = now - clock
+        if door is not None and entered:
+            door.limit.sample(now - clock_in, inside, ctx.timed_out)
         if record:
             versions = ctx.models.tally if ctx.models is not None else None
             if versions is not None:  # the rollback rules' per-version counts
@@ -291,15 +301,16 @@ class Runtime:
         left out by ``log_sample_rate``. The writer computes it (``Deferred``): decoding the
         response and the user's function cost the request nothing."""
         if status != 200:
-            return Deferred(self._summarize, request, None)
+            return Deferred(self._summarize, request, None, None)
         if not ctx.fallbacks and self._sample_rate < 1.0 and random.random() >= self._sample_rate:
             return None
-        return Deferred(self._summarize, request, body)
+        return Deferred(self._summarize, request, ctx.response, body)
 
-    def _summarize(self, request: Any, body: bytes | None) -> Any:
+    def _summarize(self, request: Any, response: Any, body: bytes | None) -> Any:
+        """The summary, from the response object when the request built one, else decoded
+        from its body (a cached answer)."""
         assert self._summary is not None
-        response: Any = None
-        if body is not None:
+        if response is None and body is not None:
             output = self.service.output
             response = (output.model_validate_json(body) if output is not None
                         else orjson.loads(body))

@@ -83,5 +83,5 @@ def _redis(url: BackendURL, namespace: str, connections: Connections) -> Registr
 
 
 STRATEGIES: Mapping[str, BackendFactory] = MappingProxyType(
-    {"sqlite": _sqlite, "redis": _redis, "rediss": _redis}
+    {"sqlite": _sqlite, "redis": _redis, "rediss": _redis, "redis+sentinel": _redis}
 )

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("buttress.registry")
 
-DEFAULT_INTERVALS = {"sqlite": 0.2, "redis": 5.0, "rediss": 5.0}
+DEFAULT_INTERVALS = {"sqlite": 0.2, "redis": 5.0, "rediss": 5.0, "redis+sentinel": 5.0}
 """Seconds between re-checks: SQLite is polled (a one-row read, so often is cheap); Redis
 pushes changes and the re-check only heals a missed message."""
 

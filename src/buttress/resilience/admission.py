@@ -81,7 +81,7 @@ class ConcurrencyLimit:
 
     __slots__ = ("_clock", "_count", "_healthy", "_healthy_until", "_memory", "_peak_in_flight",
                  "_policy", "_sum", "_target", "_timeouts", "_window", "_window_ends",
-                 "estimate", "limit")
+                 "estimate", "limit", "mean_latency")
 
     def __init__(self, policy: Admission, clock: Callable[[], float]) -> None:
         self._policy = policy
@@ -95,6 +95,8 @@ class ConcurrencyLimit:
         self.estimate = float(policy.initial_limit)
         self.limit = policy.initial_limit
         """Requests that may be in flight at once; the one beyond it is answered at once."""
+        self.mean_latency = 0.0
+        """The mean time an admitted request spent in the server, over the last window."""
         self._sum = 0.0
         self._count = 0
         self._timeouts = 0
@@ -112,7 +114,8 @@ class ConcurrencyLimit:
         if self._count >= self._policy.min_samples:
             now = self._clock()
             if now >= self._window_ends:
-                self._update(self._sum / self._count, self._timeouts / self._count, now)
+                self.mean_latency = self._sum / self._count
+                self._update(self.mean_latency, self._timeouts / self._count, now)
                 self._sum, self._count, self._timeouts, self._peak_in_flight = 0.0, 0, 0, 0
                 self._window_ends = now + self._window
 
