@@ -103,6 +103,8 @@ class RegistryModels:
         self._refused: set[tuple[str, str]] = set()
         """(stage, version) pairs refused: never retried."""
         self._promotions: dict[str, _Promotion] = {}
+        self._swapping = asyncio.Lock()
+        """One swap at a time: the watcher's and the heartbeat's catch-up never race."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -117,10 +119,9 @@ class RegistryModels:
             self._watchers.append(watcher)
             for stage in stages:
                 declared = _declared(stage)
-                version = watcher.pointers.get((declared.name, declared.alias))
-                record = await (registry.resolve(declared.name, declared.alias)
-                                if version is None else registry.version(declared.name, version))
-                model = await registry.load(declared.name, version=record.version,
+                version = (watcher.pointers.get((declared.name, declared.alias))
+                           or (await registry.resolve(declared.name, declared.alias)).version)
+                model = await registry.load(declared.name, version=version,
                                             allow_pickle=declared.allow_pickle,
                                             trusted_types=declared.trusted_types)
                 loaded[stage.spec.name] = stage.build_live(model.model, model.version)
@@ -164,6 +165,10 @@ class RegistryModels:
 
     async def swap(self, registry: Registry, stage: StageRuntime, version: str) -> bool:
         """Serve ``version`` in ``stage`` if it loads and warms up; whether it does now."""
+        async with self._swapping:
+            return await self._swap(registry, stage, version)
+
+    async def _swap(self, registry: Registry, stage: StageRuntime, version: str) -> bool:
         if stage.version == version:
             return True
         if (stage.spec.name, version) in self._refused:
@@ -174,7 +179,7 @@ class RegistryModels:
             loaded = await registry.load(declared.name, version=version,
                                          allow_pickle=declared.allow_pickle,
                                          trusted_types=declared.trusted_types)
-            live = stage.build_live(loaded.model, version)
+            live = stage.build_live(loaded.model, version, mirrored=False)
         except ArtifactRefused as refused:  # counted by the registry's on_refused hook
             return self._refuse(stage, version, refused.reason, str(refused))
         except RegistryError as error:  # unreachable: the heartbeat retries
@@ -186,12 +191,17 @@ class RegistryModels:
             return self._refuse(stage, version, "broken", f"{type(error).__name__}: {error}")
         pipeline = self.runtime.pipeline
         candidate = pipeline.models.replaced(stage.spec.name, live)
-        problem = await self._warm_up(stage, candidate)
+        try:
+            problem = await self._warm_up(stage, candidate)
+        except BaseException:  # stopping mid-swap: its threads must not outlive the server
+            await live.aclose()
+            raise
         if problem is not None:
             await live.aclose()
             self.runtime.metrics.count_model_refused(declared.name, "warm_up")
             return self._refuse(stage, version, "warm_up", problem)
-        stage.reset_breaker(live)  # warm-up failures, if any, were the candidate's
+        stage.reset_breaker(live)  # warm-up failures, if any, were the candidate's: and now
+        # its breaker shows in buttress_breaker_open (a refused one never did)
         previous = pipeline.switch(pipeline.model_set(candidate.live))
         old = previous.live[stage.spec.name]
         self._retire(old)

@@ -101,10 +101,13 @@ class StageRuntime:
     def version(self) -> str:
         return self.live.version if self.live is not None else ""
 
-    def build_live(self, model: Any, version: str) -> LiveModel:
+    def build_live(self, model: Any, version: str, *, mirrored: bool = True) -> LiveModel:
         """A running version of this model stage: its runner (model threads), its own batcher
-        and its own breaker. Not serving until the pipeline's :class:`ModelSet` names it."""
-        live = LiveModel(version, as_runner(model, *self._threads), self.new_breaker())
+        and its own breaker (``mirrored`` into ``buttress_breaker_open``; a candidate's is
+        not, until it serves). Not serving until the pipeline's :class:`ModelSet` names it."""
+        breaker = self.new_breaker() if mirrored else (
+            self.spec.breaker.build() if self.spec.breaker is not None else None)
+        live = LiveModel(version, as_runner(model, *self._threads), breaker)
         if self.spec.batch is not None:
             live.batcher = Batcher(self.spec.batch, live.runner.run,
                                    observer=VersionObserver(self.metrics, self, live))
