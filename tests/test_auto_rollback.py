@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
 import buttress as bt
+from buttress.observability.alert_rules import AlertRule
+from buttress.observability.alerts import AlertNotice
 from buttress.pipeline.runtime import Runtime
 from buttress.registry import Registry
 from tests.services.registry_model import linear_file, make_service, scale_of
@@ -146,3 +149,27 @@ def test_rules_need_a_model_from_the_registry() -> None:
     svc = bt.Service("plain", input=bt.Input)
     with pytest.raises(ValueError, match="FromRegistry"):
         svc.model(model=lambda rows: rows, rollback=[RULE])
+
+
+async def test_an_alert_rule_with_the_rollback_action_rolls_the_registry_model_back(
+        tmp_path: Path) -> None:
+    """``actions = ["rollback"]`` on an alert rule (service metrics: fallback rate, error rate,
+    p99 latency) means the registry rollback when the service serves a registry model."""
+    rule = AlertRule.model_validate({
+        "name": "fallbacks_high", "metric": "buttress_fallbacks_total", "function": "rate",
+        "threshold": 0.1, "actions": ["rollback"], "labels": {"model": "scorer"}})
+    async with replicas(tmp_path, rules=()) as ([runtime], registry):
+        await registry.register("scorer", linear_file(tmp_path, 2.0), who="alice")
+        await registry.promote("scorer", "v2", who="alice")
+        await serving(runtime, "v2", within=5)
+        assert runtime.registry_models is not None
+        action = runtime.registry_models.alert_actions()["rollback"]
+        await action(AlertNotice("registry-model", rule, "resolved", 0.0, time.time()))
+        assert runtime.pipeline.model_version == "v2"  # resolving rolls nothing back
+        await action(AlertNotice("registry-model", rule, "firing", 0.4, time.time()))
+        await serving(runtime, "v1", within=5)
+        await action(AlertNotice("registry-model", rule, "firing", 0.4, time.time()))
+        last = (await registry.history("scorer", limit=1))[0]
+        assert (last.who, last.from_version, last.to_version) == ("auto-rollback", "v2", "v1")
+        assert last.why.startswith("alert [FIRING] fallbacks_high")
+        assert [c.action for c in await registry.history("scorer")].count("rollback") == 1

@@ -43,11 +43,13 @@ from buttress.registry import ArtifactRefused, FromRegistry, Registry, RegistryE
 from buttress.registry.watch import RegistryWatcher
 
 if TYPE_CHECKING:
+    from buttress.observability.alerts import AlertNotice
     from buttress.pipeline.live import LiveModel, ModelSet
     from buttress.pipeline.runtime import Runtime
     from buttress.pipeline.stage import StageRuntime
     from buttress.pipeline.tally import Tally
     from buttress.registry.rollback_rule import RollbackRule
+    from buttress.service import AlertAction
 
 log = logging.getLogger("buttress.registry")
 
@@ -298,32 +300,48 @@ class RegistryModels:
                 del self._promotions[name]
                 if verdict is not _EXPIRED:
                     rule, new, old = verdict
-                    await self._roll_back(promotion, rule, new, old)
+                    await self._roll_back(promotion.registry, promotion.stage,
+                                          promotion.version, rule.name, rule.describe(new, old),
+                                          value=new, baseline=old)
 
-    async def _roll_back(self, promotion: _Promotion, rule: RollbackRule, new: float,
-                         old: float) -> None:
-        stage = promotion.stage
+    def alert_actions(self) -> dict[str, AlertAction]:
+        """The alert rules' ``rollback`` action, for the runtime's alert evaluator."""
+        return {"rollback": self._alert_rollback}
+
+    async def _alert_rollback(self, notice: AlertNotice) -> None:
+        """An alert rule with ``actions = ["rollback"]`` that starts firing rolls back the
+        registry model its ``labels.model`` names (every registry model without it). The
+        evaluator runs in one process of a machine (its lock); ``if_stable`` keeps replicas
+        on other machines from stepping back twice."""
+        if notice.state != "firing":
+            return
+        wanted = notice.rule.labels.get("model")
+        for registry, stages in self._followers:
+            for stage in stages:
+                if wanted in (None, _declared(stage).name, stage.spec.name):
+                    await self._roll_back(registry, stage, stage.version, notice.rule.name,
+                                          f"alert {notice.text()}", value=notice.value)
+
+    async def _roll_back(self, registry: Registry, stage: StageRuntime, version: str,
+                         rule: str, why: str, **fields: Any) -> None:
+        """Roll ``stage``'s model back from ``version``, unless it moved on already."""
         name = _declared(stage).name
-        why = rule.describe(new, old)
         try:
-            change = await promotion.registry.rollback(
-                name, who=AUTO_ROLLBACK_ACTOR, why=why, if_stable=promotion.version)
+            change = await registry.rollback(name, who=AUTO_ROLLBACK_ACTOR, why=why,
+                                             if_stable=version)
         except RegistryError as error:
-            log.error("model %s: rule %s fired but the rollback failed: %s", name, rule.name,
-                      error)
-            self._emit(stage, "auto_rollback_failed", promotion.previous_version,
-                       promotion.version, rule=rule.name, reason=why, detail=str(error))
+            log.error("model %s: %s fired but the rollback failed: %s", name, rule, error)
+            self._emit(stage, "auto_rollback_failed", None, version, rule=rule, reason=why,
+                       detail=str(error))
             return
         if change is None:
-            log.info("model %s: rule %s fired; another replica already rolled %s back", name,
-                     rule.name, promotion.version)
+            log.info("model %s: %s fired; %s was already rolled back", name, rule, version)
         else:
             self.runtime.metrics.count_model_change(name, "auto_rollback")
             log.warning("model %s: rolled %s back to %s: %s", name, change.from_version,
                         change.to_version, why)
-        self._emit(stage, "auto_rollback", change.to_version if change else None,
-                   promotion.version, rule=rule.name, reason=why, value=new, baseline=old,
-                   issued=change is not None)
+        self._emit(stage, "auto_rollback", change.to_version if change else None, version,
+                   rule=rule, reason=why, issued=change is not None, **fields)
 
     # -- events ----------------------------------------------------------------------------
 

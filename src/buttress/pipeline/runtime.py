@@ -133,15 +133,16 @@ class Runtime:
         """At most the learned number of requests in the pipeline, a short wait for the next
         (``buttress.pipeline.door``); None: every request is let in."""
         self._shed_with_fallback = settings.overload_response == "fallback"
-        self.alerts: AlertEvaluator | None = None
-        if settings.alerts:
-            self.alerts = evaluator_for(settings, self.metrics, service.name,
-                                        emit=self.events.emit, actions=service.alert_actions)
-        self._background: list[asyncio.Task[None]] = []
         self.registry_models: RegistryModels | None = (
             RegistryModels(self) if any(s.from_registry for s in self.pipeline.stages.values())
             else None)
         """The model stages served from the registry, followed while running."""
+        self.alerts: AlertEvaluator | None = None
+        if settings.alerts:  # a registry model gives the rules' "rollback" action its meaning
+            actions = self.registry_models.alert_actions() if self.registry_models else {}
+            self.alerts = evaluator_for(settings, self.metrics, service.name, emit=self.events.emit,
+                                        actions={**actions, **service.alert_actions})
+        self._background: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
