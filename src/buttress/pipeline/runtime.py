@@ -173,7 +173,7 @@ class Runtime:
 
     async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
                      bypass_cache: bool = False, record: bool = True,
-                     warm_up: bool = False) -> Answer:
+                     warm_up: bool = False, route: str = PREDICT_ROUTE) -> Answer:
         clock = time.perf_counter()
         started = asyncio.get_running_loop().time()  # the loop's clock: deadlines use it
         budget = self.settings.deadline if deadline_s is None else deadline_s
@@ -215,7 +215,7 @@ class Runtime:
         if admitted and limit is not None:
             limit.sample(seconds, in_flight + 1)
         if record:
-            self.finish(ctx, status, seconds)
+            self.finish(ctx, status, seconds, route)
         return Answer(status, payload, ctx)
 
     @staticmethod
@@ -225,22 +225,25 @@ class Runtime:
             ctx.fail(failed.stage, failed.category, str(failed))
         return error_body(failed.category, str(failed))
 
-    def reject(self, status: int, message: str, request_id: str) -> Answer:
+    def reject(self, status: int, message: str, request_id: str,
+               route: str = PREDICT_ROUTE) -> Answer:
         """Answer a request refused before it reached the service (e.g. 413 by transport)."""
         now = time.monotonic()
         ctx = RequestContext(request_id, now, now)
-        self.finish(ctx, status, 0.0)
+        self.finish(ctx, status, 0.0, route)
         return Answer(status, error_body(Category.INPUT_INVALID, message), ctx)
 
-    def finish(self, ctx: RequestContext, status: int, seconds: float) -> None:
-        """Record a ``/predict`` request's metrics and its one event."""
+    def finish(self, ctx: RequestContext, status: int, seconds: float,
+               route: str = PREDICT_ROUTE) -> None:
+        """Record a request's metrics and its one event (``route``: ``/predict`` or the
+        stream that carried it)."""
         metrics = self.metrics
         metrics.requests.observe(status, seconds)
         for fallback in ctx.fallbacks:
             metrics.count_fallback(fallback.stage, fallback.category)
         for violation in ctx.violations:
             metrics.count_violation(violation.field, violation.kind)
-        self.record_event(ctx, status, seconds)
+        self.record_event(ctx, status, seconds, route)
 
     def record_event(self, ctx: RequestContext, status: int, seconds: float,
                      route: str = PREDICT_ROUTE) -> None:
