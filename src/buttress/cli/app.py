@@ -52,6 +52,36 @@ def serve(
         _fail(str(error))
 
 
+@app.command()
+def consume(
+    target: Annotated[str, typer.Argument(help="path/to/file.py:service or module:service")],
+    source: Annotated[str, typer.Option(
+        "--source", help="Stream to read, e.g. redis-stream://127.0.0.1:6379/0/orders?group=g "
+        "or nats://127.0.0.1:4222/ORDERS/orders.new?durable=g.")],
+    sink: Annotated[str, typer.Option("--sink", help="Stream to write the answers to.")],
+    dead_letter: Annotated[str | None, typer.Option(
+        "--dead-letter", help="Stream for messages the input contract refuses; default: the "
+        "sink's name + -dead-letters.")] = None,
+    max_in_flight: Annotated[int, typer.Option(
+        "--max-in-flight", min=1, help="Messages answered at once.")] = 64,
+    host: HostOption = None,
+    port: Annotated[int | None, typer.Option(
+        "--port", help="Port for /healthz, /readyz and /metrics (0: none).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve a prediction service over a message stream (Redis Streams, NATS JetStream)."""
+    from buttress.cli.consume import consume as run_consumer
+    from buttress.cli.targets import TargetError
+    from buttress.streams.urls import StreamURLError
+
+    try:
+        settings = load_settings(config, host=host, port=port)
+        run_consumer(target, settings, source=source, sink=sink, dead_letters=dead_letter,
+                     max_in_flight=max_in_flight)
+    except (ConfigError, TargetError, StreamURLError) as error:
+        _fail(str(error))
+
+
 DEMO_TARGET = "examples/discount/service.py:svc"
 DEMO_FEATURES_URL = "sqlite:///var/demo-features.db"
 

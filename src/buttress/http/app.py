@@ -39,9 +39,13 @@ def create_app(runtime: Runtime) -> ButtressApp:
     return ButtressApp(runtime)
 
 
-def _starlette(runtime: Runtime) -> Starlette:
-    openapi = build_openapi(runtime.service)
+def create_probe_app(runtime: Runtime) -> Starlette:
+    """Only ``/healthz``, ``/readyz`` and ``/metrics``, for a process that serves a stream
+    rather than HTTP requests (``buttress consume``); it starts and stops the runtime itself."""
+    return Starlette(routes=probe_routes(runtime))
 
+
+def probe_routes(runtime: Runtime) -> list[Route]:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
@@ -56,6 +60,16 @@ def _starlette(runtime: Runtime) -> Starlette:
         body, content_type = runtime.metrics.render()
         return Response(body, media_type=content_type)
 
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def _starlette(runtime: Runtime) -> Starlette:
+    openapi = build_openapi(runtime.service)
+
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
 
@@ -69,9 +83,7 @@ def _starlette(runtime: Runtime) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            *probe_routes(runtime),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             *admin_routes(runtime),
             *oip_routes(runtime),

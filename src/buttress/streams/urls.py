@@ -22,6 +22,10 @@ KNOWN_SCHEMES = ("redis-stream", "nats")
 DEAD_LETTER_SUFFIX = "-dead-letters"
 
 
+class StreamURLError(ValueError):
+    """A stream URL cannot be used; the message says why in one line."""
+
+
 @dataclass(frozen=True)
 class StreamURL:
     raw: str
@@ -59,17 +63,17 @@ def parse_stream_url(url: str) -> StreamURL:
     scheme = parts.scheme.lower()
     if scheme not in KNOWN_SCHEMES:
         known = ", ".join(f"{s}://" for s in KNOWN_SCHEMES)
-        raise ValueError(f"unknown stream URL {url!r}: the scheme must be one of {known}")
+        raise StreamURLError(f"unknown stream URL {url!r}: the scheme must be one of {known}")
     options = dict(parse_qsl(parts.query))
     path = [p for p in parts.path.split("/") if p]
     host = parts.hostname or "127.0.0.1"
     if scheme == "redis-stream":
         if len(path) != 2 or not path[0].isdigit():
-            raise ValueError(f"stream URL {url!r}: expected redis-stream://host:port/DB/STREAM")
+            raise StreamURLError(f"stream URL {url!r}: expected redis-stream://host:port/DB/STREAM")
         return StreamURL(url, scheme, host, parts.port or 6379, stream=path[1], db=int(path[0]),
                          options=options)
     if len(path) != 2:
-        raise ValueError(f"stream URL {url!r}: expected nats://host:port/STREAM/SUBJECT")
+        raise StreamURLError(f"stream URL {url!r}: expected nats://host:port/STREAM/SUBJECT")
     return StreamURL(url, scheme, host, parts.port or 4222, stream=path[0], subject=path[1],
                      options=options)
 
