@@ -38,7 +38,7 @@ WRITE_ATTEMPTS = 3
 class StreamConsumer:
     def __init__(self, runtime: Runtime, source: Source, sink: Sink, dead_letters: Sink, *,
                  max_in_flight: int = 64, fetch_wait: float = 0.5,
-                 lag_interval: float = 1.0) -> None:
+                 lag_interval: float = 1.0, metrics: StreamMetrics | None = None) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.runtime = runtime
@@ -48,8 +48,10 @@ class StreamConsumer:
         self.max_in_flight = max_in_flight
         self.fetch_wait = fetch_wait
         self.lag_interval = lag_interval
-        self.metrics = StreamMetrics(runtime.metrics.registry, runtime.service.name,
-                                     source.stream, source.group)
+        self.metrics = metrics or StreamMetrics(runtime.metrics.registry, runtime.service.name,
+                                                source.stream, source.group)
+        self.counts = {"answered": 0, "dead_lettered": 0}
+        """What this consumer itself answered (the metrics add up every consumer)."""
         self.route = f"stream:{source.stream}"
         self.in_flight = 0
         self.last_lag: Lag | None = None
@@ -102,8 +104,9 @@ class StreamConsumer:
                     records.append(Record(message.request_id, answer.status, answer.body,
                                           message.position))
             if await self._deliver(messages, records, dead):
-                self.metrics.messages["answered"].inc(len(records))
-                self.metrics.messages["dead_lettered"].inc(len(dead))
+                for outcome, n in (("answered", len(records)), ("dead_lettered", len(dead))):
+                    self.metrics.messages[outcome].inc(n)
+                    self.counts[outcome] += n
         finally:
             self._moved(-len(messages))
 

@@ -15,6 +15,9 @@ OPERATIONS = ("fetch", "write", "ack", "lag")
 
 
 class StreamMetrics:
+    """The stream metrics of one (stream, group) in a registry. Consumers of the same stream
+    and group in one process share one (``StreamConsumer(metrics=...)``)."""
+
     def __init__(self, registry: CollectorRegistry, service: str, stream: str,
                  group: str) -> None:
         labels = (service, stream, group)
