@@ -106,6 +106,10 @@ def demo(
         "--traffic", help="Also drive the demo with realistic synthetic traffic.")] = False,
     redis: Annotated[str | None, typer.Option(
         "--redis", help="Put every backend on this Redis, e.g. redis://127.0.0.1:6379/0.")] = None,
+    stream: Annotated[bool, typer.Option(
+        "--stream", help="Produce orders to a Redis Stream (--redis, default the local one) "
+        "and consume them, printing the lag.")] = False,
+    rate: Annotated[float, typer.Option("--rate", help="Orders per second for --stream.")] = 200,
     config: ConfigOption = None,
 ) -> None:
     """Run the discount demo on embedded defaults (no server to install)."""
@@ -121,7 +125,15 @@ def demo(
         typer.echo(f"buttress demo: serving {DEMO_TARGET} on http://{settings.host}:"
                    f"{settings.port} (features {settings.feature_store_url}, caches and "
                    f"guardrails {settings.guardrail_store_url})", err=True)
-        if traffic:
+        if stream:
+            from buttress.streams.demo import run_stream_demo
+
+            run_stream_demo(target, rate=rate, redis_url=redis or "redis://127.0.0.1:6379/0",
+                            port=settings.port, env={
+                                "BUTTRESS_LOG_LEVEL": "warning",
+                                "BUTTRESS_BACKEND": settings.backend,
+                                "BUTTRESS_FEATURES_URL": settings.feature_store_url})
+        elif traffic:
             _serve_with_traffic(target, settings)
         else:
             run_server(target, settings, config)
