@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages some tests need: redis-server (tests that stop Redis start their own),
-# prometheus (promtool checks /metrics), wrk (benchmarks). Installs only what is missing, and
-# starts the machine's Redis on 127.0.0.1:6379 if nothing answers there.
+# nats-server (stream tests, with JetStream), prometheus (promtool checks /metrics), wrk
+# (benchmarks). Installs only what is missing, and starts the machine's Redis on
+# 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222 if nothing answers there.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v nats-server >/dev/null || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
@@ -19,4 +21,10 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
   mkdir -p /tmp/buttress-redis
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --dir /tmp/buttress-redis --logfile /tmp/buttress-redis/redis.log
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+  mkdir -p /tmp/buttress-nats
+  nohup nats-server -a 127.0.0.1 -p 4222 -js -sd /tmp/buttress-nats \
+    -l /tmp/buttress-nats/nats.log >/dev/null 2>&1 &
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done
 fi

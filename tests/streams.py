@@ -9,9 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 
 REDIS = "127.0.0.1:6379"
 NATS = "127.0.0.1:4222"
+
+
+BROKERS = [pytest.param("redis", id="redis"),
+           pytest.param("nats", id="nats", marks=pytest.mark.nats)]
 
 
 @dataclass

@@ -24,13 +24,10 @@ from buttress.streams import (
 from buttress.streams.metrics import StreamMetrics
 from buttress.streams.urls import StreamURLError
 from tests.services.stream_scorer import svc
-from tests.streams import Broker, order
+from tests.streams import BROKERS, Broker, order
 from tests.support import started
 
 pytestmark = pytest.mark.redis
-
-BROKERS = [pytest.param("redis", id="redis"), pytest.param("nats", id="nats")]
-
 
 @pytest.fixture(params=BROKERS)
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
@@ -90,6 +87,16 @@ def test_stream_urls_name_broker_stream_and_group() -> None:
         parse_stream_url("kafka://127.0.0.1:9092/orders")
     with pytest.raises(StreamURLError, match="DB/STREAM"):
         parse_stream_url("redis-stream://127.0.0.1:6379/orders")
+
+
+def test_the_urls_in_the_streams_page_parse() -> None:
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "streams.md").read_text()
+    urls = re.findall(r'"((?:redis-stream|nats)://[^"\s`]+)"', page)
+    assert len(urls) >= 2
+    for url in urls:
+        assert parse_stream_url(url).stream
 
 
 async def test_every_message_is_answered_in_the_predict_contract(

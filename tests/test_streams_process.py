@@ -15,7 +15,7 @@ import pytest
 
 from buttress.streams import open_source
 from tests.servers import REPO, clean_environment, cli_command, metric_value
-from tests.streams import Broker, order
+from tests.streams import BROKERS, Broker, order
 from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -24,7 +24,7 @@ SCORER = f"{REPO / 'tests/services/stream_scorer.py'}:svc"
 IN_FLIGHT = 16
 
 
-@pytest.fixture(params=[pytest.param("redis", id="redis"), pytest.param("nats", id="nats")])
+@pytest.fixture(params=BROKERS)
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     opened = await Broker(request.param).open()
     try:
