@@ -70,8 +70,9 @@ class StreamConsumer:
                     continue
                 try:
                     messages = await self.source.fetch(room, self.fetch_wait)
-                except Exception:
-                    log.exception("fetching from %s failed; retrying", self.source.stream)
+                except Exception as error:  # the broker is away or slow: retry, in one line
+                    log.warning("fetching from %s failed (%s: %s); retrying in 1 s",
+                                self.source.stream, type(error).__name__, error)
                     self.metrics.errors["fetch"].inc()
                     await _sleep_unless(stop, 1.0)
                     continue

@@ -98,6 +98,9 @@ class RedisStreamSource:
             entries = reply[0][1] if reply else []
             if entries:
                 self._history = _text(entries[-1][0])
+                gone = [entry_id for entry_id, fields in entries if fields is None]
+                if gone:  # deleted from the stream while pending: nothing left to answer
+                    await client.xack(self.stream, self.group, *gone)
                 return self._messages(entries)
             self._history = None
         if time.monotonic() >= self._next_claim:
