@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from buttress.demo.data import generate_products, generate_users
+from buttress.demo.model import as_order, build_rows, clip_discount
+from buttress.demo.train import load_model
 from buttress.runners import limit_native_threads
-from examples.discount.data import generate_products, generate_users
-from examples.discount.model import as_order, build_rows, clip_discount
-from examples.discount.train import load_model
 
 MODEL = load_model("v1")
 USERS = generate_users()

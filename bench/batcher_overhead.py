@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from buttress.batching import Batch, Batcher, Rows, Runner, in_executor
+from buttress.batching import Batch, BatchCall, Batcher, Rows, in_executor
 
 Submit = Callable[[Rows], Awaitable[Any]]
 
@@ -46,7 +46,7 @@ async def drive(submit: Submit, callers: int, items: int, row: Rows) -> tuple[fl
     )
 
 
-async def compare(name: str, run: Runner, row: Rows, items: int) -> None:
+async def compare(name: str, run: BatchCall, row: Rows, items: int) -> None:
     for callers in (1, 64):
         best: dict[str, tuple[float, float]] = {}
         for label in ("direct", "batched"):

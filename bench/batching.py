@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import SERVER_CPU, Result, Server, wrk
+from harness import SERVER_CPU, Result, Server, cpu_seconds, wrk
 
 from bench.services.network import EXAMPLE as MLP_EXAMPLE
 
@@ -72,7 +72,7 @@ class Model:
         return [*SERVE, f"{self.service}:{attr}", "--port", "{port}"]
 
 
-# the demo's example order (examples/discount/service.py), one sub-order
+# the demo's example order (buttress/demo/service.py), one sub-order
 ORDER = {"order_id": "o-1", "user": {"id": 42, "app_version": "5.12.0"},
          "sub_orders": [{"sub_order_id": "so-1", "product_id": 501, "price": 499.0,
                          "margin": 0.18, "quantity": 1}]}
@@ -118,9 +118,9 @@ def model_costs(quick: bool) -> str:
     from threadpoolctl import threadpool_limits
 
     from bench.services.network import EXAMPLE_X, MLP, row_from
-    from examples.discount.data import generate_products, generate_users
-    from examples.discount.model import as_order, build_rows
-    from examples.discount.train import load_model
+    from buttress.demo.data import generate_products, generate_users
+    from buttress.demo.model import as_order, build_rows
+    from buttress.demo.train import load_model
 
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {int(SERVER_CPU)})
@@ -167,12 +167,6 @@ def _counters(server: Server, variant: str) -> dict[str, float]:
             key = f"fallbacks:{category.group(1)}"
             sums[key] = sums.get(key, 0.0) + float(value)
     return sums
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(model: Model, variant: str, conns: Sequence[int], duration: float,

@@ -6,6 +6,7 @@ same process against a raw Starlette baseline, and reports ratios next to absolu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_CPU = os.environ.get("BENCH_SERVER_CPU", "0")
@@ -46,6 +48,13 @@ def free_port() -> int:
 
 def pinned(cpu: str, argv: Sequence[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") else list(argv)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads, from /proc: the figure that moves
+    least on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -133,3 +142,106 @@ def table(results: Sequence[Result], baseline: str) -> str:
         lines.append(f"| {r.name} | {r.connections} | {r.requests_per_s:,.0f} | {ratio:.2f} | "
                      f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.errors} |")
     return "\n".join(lines)
+
+
+# -- varied, realistic demo orders, and wrk counting healthy answers ----------------------
+
+N_USERS, N_PRODUCTS = 5000, 2000  # the demo's known ids: 1..N (buttress.demo.data)
+
+
+def varied_orders(n: int = 2000, seed: int = 11) -> list[str]:
+    """``n`` demo orders of known users and products, 1 to 5 sub-orders each: what a
+    throughput claim is measured with (one order sent again and again flatters caches)."""
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for i in range(n):
+        subs = [{"sub_order_id": f"so-{j}", "product_id": int(rng.integers(1, N_PRODUCTS + 1)),
+                 "price": round(float(np.exp(rng.uniform(np.log(50), np.log(5000)))), 2),
+                 "margin": round(float(rng.uniform(0.05, 0.4)), 3),
+                 "quantity": int(rng.integers(1, 3))}
+                for j in range(int(rng.integers(1, 6)))]
+        bodies.append(json.dumps({"order_id": f"o-{i}",
+                                  "user": {"id": int(rng.integers(1, N_USERS + 1)),
+                                           "app_version": "5.12.0"},
+                                  "sub_orders": subs}))
+    return bodies
+
+
+_COUNTING_SCRIPT = """
+local bodies = {%s}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) healthy = 0; degraded = 0; shed = 0; failed = 0; i = 0 end
+request = function()
+  i = i + 1
+  return wrk.format("POST", "/predict", {["Content-Type"] = "application/json"},
+                    bodies[(i %% #bodies) + 1])
+end
+response = function(status, headers, body)
+  if status >= 300 then failed = failed + 1; return end
+  local f = headers["x-fallback"]
+  if f == nil then healthy = healthy + 1
+  elseif string.find(f, "overloaded") then shed = shed + 1
+  else degraded = degraded + 1 end
+end
+done = function(summary, latency, requests)
+  local h, d, s, f = 0, 0, 0, 0
+  for _, t in ipairs(threads) do
+    h = h + t:get("healthy"); d = d + t:get("degraded"); s = s + t:get("shed")
+    f = f + t:get("failed")
+  end
+  io.write(string.format("COUNTS %%d %%d %%d %%d\\n", h, d, s, f))
+end
+"""
+
+
+def counting_script(bodies: Sequence[str]) -> str:
+    """A wrk script file cycling through ``bodies`` and counting healthy answers (2xx, no
+    ``X-Fallback``), degraded ones, shed ones (``overloaded``) and failures. Delete it after."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(_COUNTING_SCRIPT % ",".join(f"[==[{b}]==]" for b in bodies))
+    return lua.name
+
+
+@dataclass
+class Counted:
+    """One wrk run's answers by kind, and its latency percentiles (all answers)."""
+
+    name: str
+    connections: int
+    seconds: float
+    healthy: int
+    degraded: int
+    shed: int
+    failed: int
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.healthy + self.degraded + self.shed + self.failed
+
+    def rate(self, count: int | None = None) -> float:
+        return (self.total if count is None else count) / self.seconds
+
+    @property
+    def healthy_share(self) -> float:
+        return self.healthy / max(self.total, 1)
+
+
+def wrk_counting(name: str, url: str, script: str, *, connections: int,
+                 duration: float) -> Counted:
+    """wrk on ``url`` + ``/predict`` with a :func:`counting_script`."""
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk (scripts/system-packages.sh)")
+    out = subprocess.run(
+        pinned(LOAD_CPU, ["wrk", "-t", "1", "-c", str(connections), "-d", f"{int(duration)}s",
+                          "--latency", "-s", script, url + "/predict"]),
+        capture_output=True, text=True, check=True).stdout
+    counts = re.search(r"COUNTS (\d+) (\d+) (\d+) (\d+)", out)
+    assert counts is not None, out
+    seconds = float(re.search(r"requests in ([\d.]+)s", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    p = {k: _ms(*re.match(r"([\d.]+)(\w+)", v).groups()) for k, v in lat.items()}  # type: ignore[union-attr]
+    return Counted(name, connections, seconds, *map(int, counts.groups()),
+                   p50_ms=p.get("50", 0.0), p99_ms=p.get("99", 0.0))

@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import buttress as bt
 from bench.raw_apps import MiniBatcher, _executor, tabular_handler
-from examples.discount import service as demo
-from examples.discount.data import PRODUCT_DEFAULTS, USER_DEFAULTS
+from buttress.demo import service as demo
+from buttress.demo.data import PRODUCT_DEFAULTS, USER_DEFAULTS
 
 BODY = orjson.dumps(demo.EXAMPLE)
 Ask = Callable[[], Awaitable[Any]]

@@ -120,8 +120,8 @@ def _app(handle: Callable[[bytes, Predict], Awaitable[bytes]], predict: Callable
 def tabular_handler() -> Callable[[bytes, Predict], Awaitable[bytes]]:
     """The raw tabular endpoint's work on one body: parse, features from dicts, the model
     (through ``infer``), the response. Also driven in-process by ``bench/pipeline_layers.py``."""
-    from examples.discount.data import generate_products, generate_users
-    from examples.discount.model import as_order, build_rows, clip_discount
+    from buttress.demo.data import generate_products, generate_users
+    from buttress.demo.model import as_order, build_rows, clip_discount
 
     users, products = generate_users(), generate_products()
 
@@ -138,7 +138,7 @@ def tabular_handler() -> Callable[[bytes, Predict], Awaitable[bytes]]:
 
 
 def _tabular(batched: bool) -> Starlette:
-    from examples.discount.train import load_model
+    from buttress.demo.train import load_model
 
     return _app(tabular_handler(), load_model("v1").predict, batched)
 

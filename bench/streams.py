@@ -6,7 +6,7 @@
 
 The discount demo on its embedded defaults (features in SQLite), server and consumer pinned to
 core 0, wrk and the producer to core 1 (``harness.py``); Redis runs where the OS puts it. The
-same 2,000 varied orders feed both (``overload.orders``); guardrails are left as declared in
+same 2,000 varied orders feed both (``harness.varied_orders``); guardrails are left as declared in
 both, and the share of answers with a fallback is read from each process's events.
 
 1. ``/predict``: wrk, 64 connections, 3 s warm-up then ``--duration`` seconds.
@@ -36,14 +36,22 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import LOAD_CPU, SERVER_CPU, Server, free_port, pinned
-from overload import _WRK_SCRIPT, drive, orders
+from harness import (
+    LOAD_CPU,
+    SERVER_CPU,
+    Server,
+    counting_script,
+    free_port,
+    pinned,
+    varied_orders,
+    wrk_counting,
+)
 
 from buttress.streams.demo import produce
 from buttress.streams.urls import open_source
 
 PY = sys.executable
-TARGET = "examples/discount/service.py:svc"
+TARGET = "buttress.demo.service:svc"
 ROOT = Path(__file__).resolve().parents[1]
 REDIS = "127.0.0.1:6379"
 
@@ -54,7 +62,7 @@ def fallback_share(events_dir: Path) -> float:
     for path in events_dir.glob("*.jsonl"):
         for line in path.read_text().splitlines():
             event = json.loads(line)
-            if event["request_id"] == "warm-up":
+            if event.get("kind", "request") != "request" or event["request_id"] == "warm-up":
                 continue
             total += 1
             degraded += bool(event["fallbacks"])
@@ -65,8 +73,8 @@ def predict_run(lua: str, duration: float, tmp: str) -> tuple[float, float]:
     env = {"BUTTRESS_FEATURES_URL": f"sqlite:///{tmp}/features.db"}
     with Server([PY, "-m", "buttress.cli", "serve", TARGET, "--port", "{port}"],
                 env=env) as server:
-        drive("warm-up", server.url, lua, 64, 3)
-        run = drive("predict", server.url, lua, 64, duration)
+        wrk_counting("warm-up", server.url, lua, connections=64, duration=3)
+        run = wrk_counting("predict", server.url, lua, connections=64, duration=duration)
         share = fallback_share(Path(server.tmp.name) / "events")
     return run.rate(run.total), share
 
@@ -178,15 +186,14 @@ def main() -> None:
     parser.add_argument("--stop", type=float, default=30.0)
     parser.add_argument("--rate-share", type=float, default=0.5)
     args = parser.parse_args()
-    bodies = orders()
+    bodies = varied_orders()
     os.sched_setaffinity(0, {int(LOAD_CPU)})  # the producer and the lag reader
     with tempfile.TemporaryDirectory(prefix="buttress-streams-") as tmp:
-        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-            lua.write(_WRK_SCRIPT % ",".join(f"[==[{b}]==]" for b in bodies))
+        lua = counting_script(bodies)
         try:
-            predict_rps, predict_fallbacks = predict_run(lua.name, args.duration, tmp)
+            predict_rps, predict_fallbacks = predict_run(lua, args.duration, tmp)
         finally:
-            os.unlink(lua.name)
+            os.unlink(lua)
         consume_mps, consume_fallbacks = consume_run(bodies, args.messages, tmp)
         print("| path | answers/s | with a fallback |\n|---|---:|---:|")
         print(f"| /predict, wrk 64 connections, {args.duration:.0f} s | {predict_rps:,.0f} | "

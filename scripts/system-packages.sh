@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Debian packages some tests need: redis-server (tests that stop Redis start their own),
-# nats-server (stream tests, with JetStream), prometheus (promtool checks /metrics), wrk
-# (benchmarks). Installs only what is missing, and starts the machine's Redis on
-# 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222 if nothing answers there.
+# redis-sentinel (redis+sentinel:// URLs, the two-zone test), haproxy (the two-zone test),
+# prometheus (promtool checks /metrics and the exported alert rules; a test runs a real
+# Prometheus server), wrk (benchmarks), iproute2 (the two-zone test's network namespaces),
+# nats-server (stream tests, with JetStream). Installs only what is missing, and starts the
+# machine's Redis on 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222 if nothing
+# answers there. kubectl (kubectl kustomize renders deploy/kubernetes in the tests) is not
+# installed here: Debian's kubernetes-client is too old for Kustomize v5, and those tests are
+# skipped without it.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v promtool >/dev/null || missing+=(prometheus)
+{ command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing+=(prometheus)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v nats-server >/dev/null || missing+=(nats-server)
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2

@@ -7,16 +7,32 @@ import pytest
 
 from tests.support import (
     MACHINE_REDIS_URL,
+    SENTINEL_URL_TEMPLATE,
     PrivateRedis,
+    PrivateSentinel,
     ServiceBackend,
     delete_namespaces,
     machine_redis_available,
+    matrix_url,
 )
 
 SERVICE_BACKENDS = [
     pytest.param("memory://", id="memory"),
     pytest.param(MACHINE_REDIS_URL, id="redis", marks=pytest.mark.redis),
+    pytest.param(SENTINEL_URL_TEMPLATE, id="sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
 ]
+
+
+@pytest.fixture(scope="session")
+def sentinel_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateSentinel]:
+    """A private primary and a sentinel watching it, shared by the session's sentinel entries
+    of the backend matrices (each test keeps to its own key prefix, as on the machine Redis)."""
+    sentinel = PrivateSentinel(tmp_path_factory.mktemp("sentinel"))
+    sentinel.start()
+    try:
+        yield sentinel
+    finally:
+        sentinel.stop()
 
 
 @pytest.fixture
@@ -42,9 +58,7 @@ def machine_redis_url() -> str:
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ServiceBackend]:
     """Each service-level test once on memory:// and once on the machine's Redis; the Redis
     keys of the services it named are deleted afterwards (and nothing else)."""
-    url: str = request.param
-    if url.startswith("redis"):
-        request.getfixturevalue("machine_redis_url")
+    url = matrix_url(request.param, request)
     chosen = ServiceBackend(url, tmp_path)
     yield chosen
     if chosen.is_redis:

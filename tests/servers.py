@@ -25,7 +25,7 @@ from buttress.cli.server import wait_until_ready
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = f"{REPO / 'examples/discount/service.py'}:svc"
+DEMO = "buttress.demo.service:svc"  # a module target: the demo ships in the package
 FAULTY = f"{REPO / 'tests/services/faulty.py'}:svc"
 
 # One OpenMP thread per model call: on a 2-core machine shared with other processes,
@@ -80,10 +80,12 @@ class RunningServer:
         """Everything the server wrote to stdout and stderr so far."""
         return (self.workdir / "server.log").read_text(errors="replace")
 
-    def events(self) -> list[dict[str, Any]]:
-        """Every event line the server wrote, from all its per-process files."""
-        return [orjson.loads(line) for path in sorted(self.events_dir.glob("*.jsonl"))
-                for line in path.read_bytes().splitlines() if line.strip()]
+    def events(self, kind: str | None = "request") -> list[dict[str, Any]]:
+        """The events of ``kind`` (request, exception, alert; None: all) the server wrote,
+        from all its per-process files."""
+        events = [orjson.loads(line) for path in sorted(self.events_dir.glob("*.jsonl"))
+                  for line in path.read_bytes().splitlines() if line.strip()]
+        return [e for e in events if kind is None or e.get("kind", "request") == kind]
 
     def metrics(self) -> str:
         return httpx.get(f"{self.base_url}/metrics", timeout=5).text

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from buttress.service import Service
 
 MACHINE_REDIS_URL = "redis://127.0.0.1:6379/0"
+# The backend matrices' Sentinel entry: ``{sentinels}`` becomes the host:port of the private
+# sentinel the session starts (the ``sentinel_redis`` fixture), so the same contract tests run
+# over a redis+sentinel:// URL.
+SENTINEL_URL_TEMPLATE = "redis+sentinel://{sentinels}/buttress-test/0"
 
 
 def free_port() -> int:
@@ -43,6 +47,17 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 def unique_prefix(name: str = "test") -> str:
     return f"{name}-{uuid.uuid4().hex[:10]}"
+
+
+def matrix_url(url: str, request: Any) -> str:
+    """A backend matrix entry made usable: the Sentinel entry gets the session's private
+    sentinel, a ``redis://`` one first checks that the machine's Redis is up."""
+    if url == SENTINEL_URL_TEMPLATE:
+        sentinel: PrivateSentinel = request.getfixturevalue("sentinel_redis")
+        return sentinel.url
+    if url.startswith("redis"):
+        request.getfixturevalue("machine_redis_url")
+    return url
 
 
 def machine_redis_available() -> bool:
@@ -70,6 +85,7 @@ class PrivateRedis:
 
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()  # e.g. ("--replicaof", "127.0.0.1", "6380")
 
     @property
     def url(self) -> str:
@@ -81,7 +97,7 @@ class PrivateRedis:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
+             "--appendonly", "no", *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -92,6 +108,68 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+@dataclass
+class PrivateSentinel:
+    """A primary of our own watched by one ``redis-sentinel`` of our own (quorum 1), on free
+    ports: what a ``redis+sentinel://`` URL needs, for the component contract tests."""
+
+    workdir: Path
+    service: str = "buttress-test"
+    primary: PrivateRedis = field(default_factory=PrivateRedis)
+    count: int = 1  # sentinels (quorum: a majority of them)
+    ports: list[int] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    with_replica: bool = False  # a replica of the primary, for failover tests
+    down_after_ms: int = 1000
+    replica: PrivateRedis | None = None
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-sentinel")
+        if binary is None:
+            raise RuntimeError("redis-sentinel is not installed (apt-get install redis-sentinel)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # a full sync at once (not after the default 5 s delay), and nothing on disk
+        quick_sync = ("--dir", str(self.workdir), "--repl-diskless-sync-delay", "0",
+                      "--repl-diskless-load", "on-empty-db")
+        self.primary.extra_args = quick_sync
+        self.primary.start()
+        if self.with_replica:
+            self.replica = PrivateRedis(
+                extra_args=(*quick_sync, "--replicaof", "127.0.0.1", str(self.primary.port)))
+            self.replica.start()
+        quorum = self.count // 2 + 1
+        for index in range(self.count):
+            port = free_port()
+            config = self.workdir / f"sentinel-{index}.conf"  # Sentinel rewrites its file
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} 10000\n")
+            self.processes.append(subprocess.Popen(
+                [binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.ports.append(port)
+            wait_for_port(port)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait(timeout=10)
+        self.processes.clear()
+        self.primary.stop()
+        if self.replica is not None:
+            self.replica.stop()
 
 
 @dataclass

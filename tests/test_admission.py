@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 import buttress as bt
@@ -105,26 +107,55 @@ def slow_service(*, fallback: bool = True) -> bt.Service:
     return svc
 
 
-async def test_beyond_the_limit_requests_get_every_fallback_at_once(tmp_path: Path) -> None:
-    async with serving(slow_service(), tmp_path, max_concurrency="2") as h:
+async def test_past_the_limit_requests_wait_for_a_slot_in_arrival_order(tmp_path: Path) -> None:
+    async with serving(slow_service(), tmp_path, max_concurrency="2", deadline="1s") as h:
         answers = await asyncio.gather(*(h.ask({"x": i}) for i in range(5)))
-    admitted = [a for a in answers if not a.context.fallbacks]
-    shed = [a for a in answers if a.context.fallbacks]
-    assert len(admitted) == 2
-    assert len(shed) == 3
+        assert h.runtime.door is not None
+        assert (h.runtime.door.inside, h.runtime.door.waiting) == (0, 0)
+    assert [(a.status, a.context.fallbacks) for a in answers] == [(200, [])] * 5
+    assert [orjson.loads(a.body) for a in answers] == [{"n": i} for i in range(5)]
+    assert len(h.events()) == 5
+
+
+async def test_a_request_whose_wait_would_be_too_long_is_answered_at_once(
+        tmp_path: Path) -> None:
+    """One slot, each request holds it ~100 ms, half the 250 ms deadline may be spent
+    waiting: the first waits, the ones behind it get every stage's fallback at once."""
+    async with serving(slow_service(), tmp_path, max_concurrency="1", deadline="250ms") as h:
+        assert h.runtime.door is not None
+        h.runtime.door.limit.mean_latency = 0.1
+        first = asyncio.ensure_future(h.ask({"x": 0}))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(h.ask({"x": 1}))
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        shed = await asyncio.gather(*(h.ask({"x": i}) for i in range(2, 5)))
+        shed_in = time.perf_counter() - started
+        served = await asyncio.gather(first, second)
+    assert [a.context.fallbacks for a in served] == [[], []]
     for answer in shed:
         assert answer.status == 200
         assert answer.body == b'{"n":-1}'
         assert answer.context.fallback_categories == ["overloaded"]
+    assert shed_in < 0.05  # not after a wait: at once
     assert h.sample("buttress_fallbacks_total", stage="admission", category="overloaded") == 3
     assert len(h.events()) == 5  # one event per request, shed ones included
+
+
+async def test_a_wait_that_runs_out_is_answered_as_overloaded(tmp_path: Path) -> None:
+    async with serving(slow_service(), tmp_path, max_concurrency="1", deadline="60ms") as h:
+        answers = await asyncio.gather(h.ask({"x": 1}), h.ask({"x": 2}))
+        assert h.runtime.door is not None
+        assert (h.runtime.door.inside, h.runtime.door.waiting) == (0, 0)
+    assert [a.context.fallback_categories for a in answers] == [[], ["overloaded"]]
 
 
 async def test_overload_is_a_503_with_retry_after_when_asked_or_without_fallback(
         tmp_path: Path) -> None:
     for svc, settings in ((slow_service(fallback=False), {}),
                           (slow_service(), {"overload_response": "503"})):
-        async with serving(svc, tmp_path, max_concurrency="1", **settings) as h:
+        async with serving(svc, tmp_path, max_concurrency="1", deadline="60ms",
+                           **settings) as h:
             answers = await asyncio.gather(h.ask({"x": 1}), h.ask({"x": 2}))
         refused = [a for a in answers if a.status == 503]
         assert len(refused) == 1
@@ -132,14 +163,69 @@ async def test_overload_is_a_503_with_retry_after_when_asked_or_without_fallback
         assert b'"category":"overloaded"' in refused[0].body
 
 
+async def test_a_waiter_cancelled_as_it_gets_its_slot_passes_the_slot_on(
+        tmp_path: Path) -> None:
+    async with serving(slow_service(), tmp_path, max_concurrency="1", deadline="1s") as h:
+        door = h.runtime.door
+        assert door is not None
+        first = asyncio.ensure_future(h.ask({"x": 0}))
+        await asyncio.sleep(0)
+        waiter = asyncio.ensure_future(h.ask({"x": 1}))
+        third = asyncio.ensure_future(h.ask({"x": 2}))
+        await asyncio.sleep(0.01)
+        assert door.waiting == 2
+        await first  # hands its slot to `waiter` ...
+        waiter.cancel()  # ... which gives up before it runs
+        answer = await third
+        assert answer.context.fallbacks == []
+        assert (door.inside, door.waiting) == (0, 0)
+
+
 async def test_off_admits_everything(tmp_path: Path) -> None:
     async with serving(slow_service(), tmp_path, max_concurrency="off") as h:
-        assert h.runtime.admission is None
+        assert h.runtime.door is None
         answers = await asyncio.gather(*(h.ask({"x": i}) for i in range(50)))
     assert all(not a.context.fallbacks for a in answers)
 
 
-async def test_the_learned_target_is_half_the_shortest_stage_timeout(tmp_path: Path) -> None:
-    async with serving(slow_service(), tmp_path) as h:
-        assert h.runtime.admission is not None
-        assert h.runtime.admission._target == pytest.approx(0.5)
+async def test_the_default_target_is_half_the_deadline(tmp_path: Path) -> None:
+    async with serving(slow_service(), tmp_path, deadline="300ms") as h:
+        assert h.runtime.door is not None
+        assert h.runtime.door.limit._target == pytest.approx(0.15)
+
+
+def test_own_timeouts_make_a_window_unhealthy_even_when_fast(clock: FakeClock) -> None:
+    limiter = limit(clock)
+    for _ in range(3):
+        clock.advance(0.1)
+        for i in range(10):
+            limiter.sample(TARGET / 4, 200, timed_out=i < 3)  # 30 % timed out
+    assert limiter.limit < 200
+
+
+def test_rare_timeouts_are_tolerated(clock: FakeClock) -> None:
+    limiter = limit(clock, initial_limit=100)
+    for _ in range(20):
+        clock.advance(0.1)
+        for i in range(200):
+            limiter.sample(TARGET / 4, 100, timed_out=i == 0)  # 0.5 %
+    assert limiter.limit >= 100
+
+
+def test_it_does_not_spiral_below_half_the_concurrency_last_seen_healthy(
+        clock: FakeClock) -> None:
+    """Past capacity, shed requests congest the loop too: latency stays high however low the
+    limit goes. The limit must not chase it down to its minimum."""
+    limiter = limit(clock)
+    windows(limiter, clock, latency=TARGET / 2, in_flight=40, count=5)  # healthy at 40
+    for _ in range(60):  # then 6 s overloaded, whatever the limit
+        windows(limiter, clock, latency=5 * TARGET, in_flight=limiter.limit)
+    assert 20 <= limiter.limit < 40
+
+
+def test_the_floor_is_forgotten_once_nothing_is_healthy_for_a_while(clock: FakeClock) -> None:
+    limiter = limit(clock, memory="2s")
+    windows(limiter, clock, latency=TARGET / 2, in_flight=40, count=5)
+    for _ in range(100):  # 10 s of overload: the memory of 40 expired
+        windows(limiter, clock, latency=5 * TARGET, in_flight=limiter.limit)
+    assert limiter.limit < 20

@@ -434,6 +434,30 @@ async def test_a_caller_cancelled_mid_run_loses_only_its_own_result() -> None:
     assert (await batcher.submit(rows(1, 4.0))).tolist() == [12.0]
 
 
+async def test_a_caller_cancelled_at_its_deadline_leaves_the_deadline_watch_running() -> None:
+    """Cancelled in the loop iteration where the deadline timer fires, before it: the item is
+    still queued (its caller resumes later) but its future is done. The watch must skip it,
+    not fail on it and stop watching the deadlines behind it."""
+    model = Model(gated=True)
+    batcher = Batcher(Batch(max_wait="1ms", adaptive=False), model)
+    running = spawn(batcher.submit(rows(1, 1.0)))
+    await until(lambda: model.sizes == [1])
+    start = time.monotonic()
+    doomed = spawn(batcher.submit(rows(1, 2.0), deadline=start + 0.2))
+    later = spawn(batcher.submit(rows(1, 3.0), deadline=start + 0.5))
+    await until(lambda: batcher.stats().queued_rows == 2)
+    asyncio.get_running_loop().call_later(0.15 - (time.monotonic() - start), doomed.cancel)
+    time.sleep(max(0.0, 0.3 - (time.monotonic() - start)))  # noqa: ASYNC251 - both timers due
+    await until(later.done, within=2.0)  # failed at its deadline while the run is still held
+    with pytest.raises(ExpiredInQueue):
+        await later
+    assert doomed.cancelled()
+    model.gate.set()
+    assert (await running).tolist() == [3.0]
+    assert model.sizes == [1]
+    assert (batcher.stats().queued_rows, batcher.stats().cancelled) == (0, 1)
+
+
 async def test_a_storm_of_cancellations_leaves_the_batcher_serving() -> None:
     # Ray #50046: a batched deployment got stuck for good after client cancellations.
     def slow(batch: Rows) -> Rows:

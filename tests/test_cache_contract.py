@@ -14,11 +14,19 @@ import pytest
 from buttress.backends import Connections
 from buttress.cache import MISS, Cache, CacheStatus, ResultCache
 from buttress.resilience.categories import Category
-from tests.support import MACHINE_REDIS_URL, FakeClock, unique_prefix
+from tests.support import (
+    MACHINE_REDIS_URL,
+    SENTINEL_URL_TEMPLATE,
+    FakeClock,
+    matrix_url,
+    unique_prefix,
+)
 
 BACKENDS = {
     "memory": pytest.param("memory://", id="memory"),
     "redis": pytest.param(MACHINE_REDIS_URL, id="redis", marks=pytest.mark.redis),
+    "sentinel": pytest.param(SENTINEL_URL_TEMPLATE, id="sentinel",
+                             marks=[pytest.mark.redis, pytest.mark.slow]),
 }
 
 
@@ -86,9 +94,7 @@ class Harness:
 
 @pytest.fixture(params=BACKENDS.values())
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    url: str = request.param
-    if url.startswith("redis"):
-        request.getfixturevalue("machine_redis_url")
+    url = matrix_url(request.param, request)
     h = Harness(url=url, namespace=unique_prefix("cache"), connections=Connections())
     yield h
     for cache in h.caches:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -138,3 +139,36 @@ async def test_a_failed_probe_opens_the_breaker_again(outage: Outage) -> None:
     outage.clock.advance(2.0)
     assert await cache.set("k", 1)
     assert await cache.get("k") == 1
+
+
+async def test_pooled_connections_killed_with_redis_are_replaced_at_once(
+    private_redis: PrivateRedis,
+) -> None:
+    """Redis killed (-9) and restarted: every pooled connection is dead. Each is retried once
+    on a fresh connection, so the next requests hit Redis instead of failing one by one for
+    as long as dead connections remain in the pool (16-25 s of fallbacks before)."""
+    connections = Connections()
+    observer = RecordingObserver()
+    cache = ResultCache(Cache(url=f"{private_redis.url}?timeout=250ms"),
+                          namespace=unique_prefix("restart"), observer=observer,
+                          breaker=Breaker(consecutive_failures=3, open_for="30s"))
+    await cache.open(connections)
+    try:
+        client = connections.redis(private_redis.url)  # the pool the cache uses
+        await asyncio.gather(*(client.set(f"warm{i}", i) for i in range(16)))  # open several
+        assert await cache.set("k", "before")
+        assert len(list(client.connection_pool._get_free_connections())) > 1
+
+        private_redis.stop()  # SIGKILL
+        private_redis.start()  # same port, empty
+        restarted = time.monotonic()
+        for round_ in range(3):  # sequential and concurrent uses of the dead connections
+            assert await cache.set(f"k{round_}", "after")
+            assert await cache.get(f"k{round_}") == "after"
+            assert await asyncio.gather(*(client.set(f"c{i}", i) for i in range(16)))
+        assert time.monotonic() - restarted < 1.0
+        assert observer.errors == []  # no request fell back (cache_unavailable)
+        assert cache.breaker_state == "closed"
+    finally:
+        await cache.aclose()
+        await connections.aclose()

@@ -34,7 +34,7 @@ def fresh_x() -> float:
     return float(next(_inputs)) + 0.25
 
 
-@pytest.fixture(scope="module", params=BACKENDS.values())
+@pytest.fixture(scope="module", params=[BACKENDS["memory"], BACKENDS["redis"]])
 def backend_url(request: pytest.FixtureRequest) -> str:
     url: str = request.param
     return url

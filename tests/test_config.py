@@ -32,6 +32,15 @@ def test_defaults_without_file_or_environment() -> None:
     assert settings.port == 8000
     assert settings.backend == "memory://"
     assert settings.admin_token is None
+    assert (settings.read_timeout, settings.max_connections) == (10.0, 1000)
+
+
+def test_read_timeout_is_a_duration_and_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUTTRESS_READ_TIMEOUT", "2500ms")
+    assert load_settings().read_timeout == 2.5
+    monkeypatch.setenv("BUTTRESS_READ_TIMEOUT", "0")
+    with pytest.raises(ConfigError, match="read_timeout"):
+        load_settings()
 
 
 def test_toml_file_is_read(tmp_path: Path) -> None:
@@ -130,3 +139,12 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 def test_settings_objects_are_independent() -> None:
     one, two = Settings(deadline="1s"), Settings(deadline="2s")
     assert (one.deadline, two.deadline) == (1.0, 2.0)
+
+
+def test_the_registry_defaults_to_an_embedded_file_and_must_be_sqlite_or_redis() -> None:
+    settings = load_settings()
+    assert settings.registry_url == "sqlite:///var/registry.db"
+    assert settings.models_dir == "var/models"
+    assert load_settings(registry_url="redis://r:6379/2").registry_url == "redis://r:6379/2"
+    with pytest.raises(ConfigError, match="BUTTRESS_REGISTRY_URL"):
+        load_settings(registry_url="memory://")

@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from buttress.config import Settings
+from buttress.demo.service import EXAMPLE, svc
 from buttress.pipeline.runtime import Runtime
-from examples.discount.service import EXAMPLE, svc
 from tests.support import PrivateRedis, started
 
 pytestmark = pytest.mark.redis
@@ -66,7 +66,7 @@ async def test_store_down_serves_defaults_then_recovers(
 
     private_redis.start()  # same port, empty: load the features again, as an operator would
     store = runtime.pipeline.resources["features"]
-    from examples.discount.data import generate_products, generate_users
+    from buttress.demo.data import generate_products, generate_users
 
     await store.put_many("user", {42: generate_users()[42]})
     await store.put_many("product", {501: generate_products()[501]})

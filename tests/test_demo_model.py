@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from examples.discount import data, train
-from examples.discount.model import (
+from buttress.demo import data, train
+from buttress.demo.model import (
     FEATURE_NAMES,
     MAX_DISCOUNT_PCT,
     app_major,
@@ -212,16 +212,35 @@ def test_ensure_models_is_idempotent(artifacts: Path) -> None:
     assert [p.stat().st_mtime_ns for p in files] == before
 
 
-def test_ensure_models_retrains_when_scikit_learn_changed(artifacts: Path, tmp_path: Path) -> None:
+def test_ensure_models_retrains_when_what_trained_them_changed(
+    artifacts: Path, tmp_path: Path
+) -> None:
     shutil.copytree(artifacts, tmp_path, dirs_exist_ok=True)
     paths = {version: train.model_path(version, tmp_path) for version in train.RECIPES}
     metrics_path = tmp_path / train.METRICS_FILE
-    stale = json.loads(metrics_path.read_text()) | {"sklearn_version": "0.0"}
+    stale = json.loads(metrics_path.read_text()) | {"fingerprint": "stale"}
     metrics_path.write_text(json.dumps(stale))
     paths["v2"].unlink()
     assert train.ensure_models(tmp_path) == paths
     assert paths["v2"].exists()
-    assert json.loads(metrics_path.read_text())["sklearn_version"] != "0.0"
+    assert json.loads(metrics_path.read_text())["fingerprint"] == train.fingerprint()
+
+
+def test_the_fingerprint_follows_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = train.fingerprint()
+    monkeypatch.setattr(train.sklearn, "__version__", "0.0")
+    assert train.fingerprint() != before
+
+
+def test_models_go_to_the_user_cache_not_the_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    where = train.default_artifacts_dir()
+    assert where == tmp_path / "buttress" / "demo-models" / train.fingerprint()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert train.default_artifacts_dir().is_relative_to(Path.home() / ".cache")
+    assert not train.default_artifacts_dir().is_relative_to(Path(train.__file__).parents[1])
 
 
 @pytest.mark.slow

@@ -24,7 +24,14 @@ from buttress.features import (
     FeatureTable,
 )
 from buttress.resilience.categories import Category
-from tests.support import MACHINE_REDIS_URL, PrivateRedis, evalsha_calls, unique_prefix
+from tests.support import (
+    MACHINE_REDIS_URL,
+    SENTINEL_URL_TEMPLATE,
+    PrivateRedis,
+    evalsha_calls,
+    matrix_url,
+    unique_prefix,
+)
 
 USER = FeatureTable(
     entity="user", defaults={"orders_count": 0, "return_rate": 0.0, "segment": "new"}
@@ -35,14 +42,15 @@ BACKENDS = [
     pytest.param("memory://", id="memory"),
     pytest.param("sqlite:///{tmp_path}/f.db", id="sqlite"),
     pytest.param(MACHINE_REDIS_URL, id="redis", marks=pytest.mark.redis),
+    pytest.param(SENTINEL_URL_TEMPLATE, id="sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
 ]
 
 
 def backend_url(template: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The matrix URL for this test; on Redis, checks the machine's server is up first."""
-    if template.startswith("redis"):
-        request.getfixturevalue("machine_redis_url")
-    return template.format(tmp_path=tmp_path)
+    if template.startswith("sqlite"):
+        return template.format(tmp_path=tmp_path)
+    return matrix_url(template, request)
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,13 @@ from buttress.backends import Connections
 from buttress.guardrails import FixedWindow, Guardrail, Guardrails, SlidingWindow
 from buttress.guardrails.memory import MemoryStore
 from buttress.resilience.categories import Category
-from tests.support import FakeClock, unique_prefix
+from tests.support import (
+    MACHINE_REDIS_URL,
+    SENTINEL_URL_TEMPLATE,
+    FakeClock,
+    matrix_url,
+    unique_prefix,
+)
 
 Order = dict[str, Any]
 
@@ -59,9 +65,13 @@ async def open_backend(url: str) -> AsyncIterator[Backend]:
         await connections.aclose()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=[
+    pytest.param("memory://", id="memory"),
+    pytest.param(MACHINE_REDIS_URL, id="redis", marks=pytest.mark.redis),
+    pytest.param(SENTINEL_URL_TEMPLATE, id="sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
+])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    url = "memory://" if request.param == "memory" else request.getfixturevalue("machine_redis_url")
+    url = matrix_url(request.param, request)
     async with open_backend(url) as opened:
         yield opened
 

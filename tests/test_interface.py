@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -54,6 +57,12 @@ def parse(document: Any) -> ParsedInput:
 def rejected(body: bytes, **kwargs: Any) -> InputRejected:
     with pytest.raises(InputRejected) as caught:
         Order.parse(body, **kwargs)
+    return caught.value
+
+
+def rejected_by(model: type[bt.Input], body: bytes) -> InputRejected:
+    with pytest.raises(InputRejected) as caught:
+        model.parse(body)
     return caught.value
 
 
@@ -151,13 +160,41 @@ def test_unknown_keys_are_recorded_and_dropped() -> None:
     found = by_path(parsed.violations)
     assert set(found) == {"extra_top", "user.nickname", "lines[1].colour"}
     assert all(v.kind == "unknown_key" for v in found.values())
-    assert found["lines[1].colour"].field == "lines[].colour"
+    assert {v.field for v in found.values()} == {"<unknown>"}  # a client's key is no label
     assert found["lines[1].colour"].received == "array"
     dumped = parsed.value.model_dump()
     assert "extra_top" not in dumped
     assert "nickname" not in dumped["user"]
     assert "colour" not in dumped["lines"][1]
     assert not parsed.defaulted  # unknown keys are reported, not a fallback
+
+
+def test_many_unknown_keys_list_the_first_twenty_cut_short_and_count_the_rest() -> None:
+    document = order(user={"id": 7, "app_version": "5.1", **{f"u{i}": i for i in range(5)}})
+    long_key = "k" * 1000
+    document[long_key] = 1
+    document.update({f"key-{i}": i for i in range(5_000)})
+    parsed = parse(document)
+    listed = [v for v in parsed.violations if v.count == 1]
+    [rest] = [v for v in parsed.violations if v.count != 1]
+    assert len(listed) == 20
+    assert {v.field for v in parsed.violations} == {"<unknown>"}
+    assert {v.kind for v in parsed.violations} == {"unknown_key"}
+    assert len(listed) + rest.count == 5_006  # every key counted, twenty of them by name
+    assert rest.as_dict()["count"] == rest.count
+    assert max(len(v.path) for v in listed) <= 64 + len("...")
+    assert all(v.path.startswith(("key-", "kkkk")) for v in listed)
+    assert parsed.value.model_dump() == Order.parse(orjson.dumps(order())).value.model_dump()
+
+
+def test_a_bad_value_under_a_clients_dict_key_is_labelled_by_the_declared_field() -> None:
+    class Tagged(bt.Input):
+        weights: dict[str, float]
+
+    error = rejected_by(Tagged, orjson.dumps({"weights": {"attacker-chosen": "x"}}))
+    [violation] = error.violations
+    assert violation.path == "weights.attacker-chosen"
+    assert violation.field == "weights"
 
 
 def test_unknown_keys_renames_and_bad_fields_are_all_reported_together() -> None:
@@ -266,6 +303,49 @@ def test_json_only_pydantic_accepts_is_still_judged_by_the_contract() -> None:
     assert {v.kind for v in parsed.violations} == {"defaulted", "renamed"}
 
 
+@pytest.mark.parametrize("number", [b"NaN", b"-Infinity", b"Infinity", b"1e400", b"-1e400"])
+def test_non_finite_numbers_are_refused_like_wrong_types(number: bytes) -> None:
+    # They passed, and a guardrail summing prices then failed (a 200 with x-fallback: internal).
+    line = b'{"sku": "a", "price": %s}' % number
+    error = rejected(b'{"order_id": "o", "user": {"id": 7}, "lines": [%s]}' % line)
+    assert error.status == 422
+    assert [(v.path, v.field, v.kind) for v in error.violations] == [
+        ("lines[0].price", "lines[].price", "invalid")]
+    defaulted = b'{"sku": "a", "price": 1, "margin": %s}' % number  # a default is used instead
+    parsed = Order.parse(b'{"order_id": "o", "user": {"id": 7}, "lines": [%s]}' % defaulted)
+    assert parsed.value.lines[0].margin == 0.0
+    assert [(v.path, v.kind) for v in parsed.violations] == [("lines[0].margin", "defaulted")]
+    with pytest.raises(InputRejected):  # a decoded document (a queue's message) alike
+        Order.parse_object(order(lines=[{"sku": "a", "price": float(number)}]))
+
+
+def test_a_model_may_opt_in_to_non_finite_numbers() -> None:
+    class Reading(bt.Input, allow_inf_nan=True):
+        value: float
+
+    class Mixed(bt.Input):
+        value: float = bt.field(allow_inf_nan=True)
+        other: float = 0.0
+
+    assert math.isnan(Reading.parse(b'{"value": NaN}').value.value)
+    assert Reading.parse(b'{"value": 1e400}').value.value == float("inf")
+    parsed = Mixed.parse(b'{"value": -Infinity, "other": NaN}')
+    assert parsed.value.value == float("-inf")
+    assert [(v.path, v.kind) for v in parsed.violations] == [("other", "defaulted")]
+
+
+def test_declared_ranges_refuse_or_default_like_any_constraint() -> None:
+    class Item(bt.Input):
+        price: float = bt.field(ge=0)
+        quantity: int = bt.field(1, ge=1)
+
+    error = rejected_by(Item, b'{"price": -1}')
+    assert [(v.path, v.kind) for v in error.violations] == [("price", "invalid")]
+    parsed = Item.parse(b'{"price": 2.5, "quantity": -5}')
+    assert parsed.value.quantity == 1
+    assert [(v.path, v.kind) for v in parsed.violations] == [("quantity", "defaulted")]
+
+
 def test_parse_object_applies_the_same_rules() -> None:
     document = order(surprise=True)
     document["lines"][0] = {"sku": "a", "price": 1.0, "seller_margin": "bad"}
@@ -291,3 +371,11 @@ def test_output_serializes_to_json_and_forbids_extra_fields() -> None:
     assert orjson.loads(Answer(id="x", score=1.5).to_json()) == {"id": "x", "score": 1.5}
     with pytest.raises(ValueError):
         Answer(id="x", score=1.0, other=1)  # type: ignore[call-arg]
+
+
+def test_the_examples_of_docs_input_md_run() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs/input.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "docs/input.md", "exec"), {"__name__": "docs_input"})

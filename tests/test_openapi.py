@@ -11,8 +11,8 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 import buttress as bt
+from buttress.demo import service as demo
 from buttress.http import create_app
-from examples.discount import service as demo
 
 
 @pytest.fixture

@@ -47,9 +47,11 @@ class Harness:
         labels = {"service": self.runtime.service.name, **labels}
         return self.runtime.metrics.registry.get_sample_value(name, labels) or 0.0
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self, kind: str = "request") -> list[dict[str, Any]]:
+        """The events of one kind (``request``: one per answer; ``exception``: one per caught
+        exception)."""
         self.runtime.events.flush()
-        return self.sink.events
+        return [e for e in self.sink.events if e.get("kind") == kind]
 
 
 @asynccontextmanager
@@ -453,6 +455,27 @@ async def test_defaulted_input_is_an_input_contract_fallback(tmp_path: Path) -> 
     assert answer.context.fallback_categories == ["input_contract"]
     assert event["violations"][0]["field"] == "label"
     assert event["violations"][0]["kind"] == "defaulted"
+
+
+async def test_unknown_keys_from_clients_add_no_metric_series(tmp_path: Path) -> None:
+    """10,000 distinct unknown keys were 20,000 lines of /metrics for good (a permanent series
+    per key): now they are one series, and their names are in each request's event."""
+    async with serving(echo_service(), tmp_path) as h:
+        await h.ask({"x": 1, "surprise": 1})
+        before, _ = h.runtime.metrics.render()
+        for request in range(10):
+            keys = {f"key-{request}-{i}": i for i in range(1_000)}
+            answer = await h.ask({"x": 1, **keys}, request_id=f"r{request}")
+            assert answer.status == 200
+        after, _ = h.runtime.metrics.render()
+        assert len(after) - len(before) < 200, after.decode()[-2000:]
+        assert h.sample("buttress_input_contract_violations_total", field="<unknown>",
+                        kind="unknown_key") == 10_001
+        events = {e["request_id"]: e for e in h.events()}
+    listed = [v["field"] for v in events["r3"]["violations"] if "count" not in v]
+    assert listed == [f"key-3-{i}" for i in range(20)]
+    [rest] = [v for v in events["r3"]["violations"] if "count" in v]
+    assert rest["count"] == 980
 
 
 @pytest.mark.parametrize(("raw", "status"), [

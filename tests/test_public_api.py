@@ -6,9 +6,10 @@ import buttress as bt
 
 # in the order ruff's RUF022 keeps __all__: constants, classes, then functions
 PUBLIC = [
-    "NO_FALLBACK", "Batch", "Breaker", "Cache", "Category", "ContractViolation", "FeatureStore",
-    "FeatureTable", "FixedWindow", "Input", "Output", "RemoteModel", "RequestContext", "Runtime",
-    "Service", "Settings", "SlidingWindow", "__version__", "field", "load_settings",
+    "NO_FALLBACK", "AlertNotice", "Batch", "Breaker", "Cache", "Category", "ContractViolation",
+    "FeatureStore", "FeatureTable", "FixedWindow", "FromRegistry", "Input", "Output", "Registry",
+    "RemoteModel", "RequestContext", "Runtime", "Service", "Settings", "SlidingWindow",
+    "__version__", "field", "load_settings",
 ]
 
 
@@ -29,6 +30,8 @@ def test_each_public_name_is_the_object_its_home_module_defines() -> None:
         "Service": "buttress.service", "Settings": "buttress.config",
         "SlidingWindow": "buttress.guardrails", "field": "buttress.interface.models",
         "load_settings": "buttress.config", "NO_FALLBACK": "buttress.stages",
+        "FromRegistry": "buttress.registry.declaration", "Registry": "buttress.registry.registry",
+        "AlertNotice": "buttress.observability.alerts",
     }
     for name, module in homes.items():
         assert getattr(bt, name) is getattr(importlib.import_module(module), name), name

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 import buttress as bt
+from buttress.demo.service import EXAMPLE, svc
 from buttress.pipeline.runtime import YOUNG_COLLECTION_THRESHOLD
-from examples.discount.service import EXAMPLE, svc
 from tests.support import started
 
 PATHS: dict[str, tuple[dict[str, Any], float | None]] = {

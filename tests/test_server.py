@@ -253,6 +253,16 @@ def test_a_malformed_deadline_header_is_a_400(client: httpx.Client, header: str)
     assert "X-Deadline-Ms" in error["message"]
 
 
+@pytest.mark.parametrize("price", [b"NaN", b"-Infinity", b"1e400"])
+def test_a_non_finite_price_is_a_422_naming_it(client: httpx.Client, price: bytes) -> None:
+    body = orjson.dumps(ORDER).replace(b'"price":499.0', b'"price":' + price)
+    assert body != orjson.dumps(ORDER)
+    response = client.post("/predict", content=body)
+    assert response.status_code == 422, response.text  # was a 200 with x-fallback: internal
+    [field] = response.json()["error"]["fields"]
+    assert (field["field"], field["kind"]) == ("sub_orders[0].price", "invalid")
+
+
 def test_get_on_predict_is_405(client: httpx.Client) -> None:
     response = client.get("/predict")
     assert response.status_code == 405
@@ -470,6 +480,9 @@ def test_every_request_writes_exactly_one_event(tmp_path: Path) -> None:
         send("missing", 422, json={"mode": "ok"})
         send("not-an-object", 422, content=b'"just a string"')
         send("stage-fail", 503, json={"id": "s", "mode": "stage-fail"})
+        wrong_method = http.get("/predict", headers={"X-Request-Id": "get"})
+        assert wrong_method.status_code == 405
+        sent["get"] = 405
         assert server.stop() == 0, server.output()
 
     events = server.events()
@@ -502,7 +515,8 @@ def _write_stale_multiprocess_file(directory: Path) -> None:
 
 
 def _pids_in_events(events_dir: Path) -> set[str]:
-    return {p.stem.rsplit("-", 1)[1] for p in events_dir.glob("events-*.jsonl")
+    # events-<time>-<pid>-<seq>.jsonl
+    return {p.stem.split("-")[2] for p in events_dir.glob("events-*.jsonl")
             if p.stat().st_size}
 
 

@@ -5,34 +5,28 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from rich.console import Console
 
-from buttress.traffic import (
+from buttress.demo.traffic.display import LiveView, line, render, run_traffic, sparkline, summary
+from buttress.demo.traffic.driver import TrafficError, drive
+from buttress.demo.traffic.mix import (
     Episodes,
     Kind,
     Mix,
     PlannedRequest,
-    TrafficError,
     TrafficGenerator,
     demo_orders,
-    drive,
 )
-from buttress.traffic_display import LiveView, line, render, run_traffic, sparkline, summary
-from buttress.traffic_stats import Outcome, TrafficStats
+from buttress.demo.traffic.stats import Outcome, TrafficStats
+from tests.servers import DEMO, running_server
 from tests.support import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 ORDER_KEYS = {"order_id", "user", "sub_orders"}
 USER_KEYS = {"id", "app_version"}
 SUB_KEYS = {"sub_order_id", "product_id", "price", "margin", "quantity"}
@@ -199,34 +193,8 @@ async def test_drive_rejects_bad_settings_and_a_server_that_never_gets_ready() -
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "BUTTRESS_EVENTS_DIR": str(tmp_path_factory.mktemp("events"))}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "buttress"), "serve",
-         "examples/discount/service.py:svc", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the demo server did not start: {process.stderr.read()!r}"
-                                   if process.stderr and process.poll() is not None
-                                   else "the demo server was not ready within 60 s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_server(DEMO, tmp_path_factory.mktemp("demo")) as server:
+        yield server.base_url
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ import copy
 import dataclasses
 
 import buttress as bt
+from buttress.demo.service import svc as demo
 from buttress.guardrails.policy import MAX_LIMIT
-from examples.discount.service import svc as demo
 
 
 def without_limits(name: str, cache: bt.Cache | None) -> bt.Service:

@@ -18,9 +18,9 @@ consecutive failures) opens, and the next 5 s are served as fallbacks.
 from __future__ import annotations
 
 import buttress as bt
-from examples.discount import service as demo
-from examples.discount.data import PRODUCT_DEFAULTS, USER_DEFAULTS
-from examples.discount.train import load_model
+from buttress.demo import service as demo
+from buttress.demo.data import PRODUCT_DEFAULTS, USER_DEFAULTS
+from buttress.demo.train import load_model
 
 MODEL = load_model(demo.MODEL_VERSION)
 BATCH = bt.Batch(max_size=64, max_wait="2ms")

@@ -14,8 +14,10 @@ from buttress.config import Settings, load_settings
 from buttress.features import FeatureStore, FeatureTable
 from buttress.guardrails import FixedWindow, SlidingWindow
 from buttress.interface import ContractViolation, Input, Output, field
+from buttress.observability.alerts import AlertNotice
 from buttress.pipeline.context import RequestContext
 from buttress.pipeline.runtime import Runtime
+from buttress.registry import FromRegistry, Registry
 from buttress.resilience.breaker import Breaker
 from buttress.resilience.categories import Category
 from buttress.runners import RemoteModel
@@ -24,6 +26,7 @@ from buttress.stages import NO_FALLBACK
 
 __all__ = [
     "NO_FALLBACK",
+    "AlertNotice",
     "Batch",
     "Breaker",
     "Cache",
@@ -32,8 +35,10 @@ __all__ = [
     "FeatureStore",
     "FeatureTable",
     "FixedWindow",
+    "FromRegistry",
     "Input",
     "Output",
+    "Registry",
     "RemoteModel",
     "RequestContext",
     "Runtime",

@@ -29,11 +29,14 @@ if TYPE_CHECKING:
     from buttress.cache import Cache
     from buttress.config import Settings
     from buttress.guardrails.policy import Guardrail
+    from buttress.observability.alerts import AlertNotice
     from buttress.pipeline.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 Hook = Callable[["Runtime"], Awaitable[None]]
 ResourceFactory = Callable[["Runtime"], Awaitable[Any]]
+PredictionSummary = Callable[[Any, Any], dict[str, Any] | None]
+AlertAction = Callable[["AlertNotice"], Awaitable[None]]
 DEFAULT_BREAKER = Breaker()
 
 
@@ -70,6 +73,8 @@ class Service:
         self.resources: dict[str, ResourceFactory] = {}
         self.startup_hooks: list[Hook] = []
         self.shutdown_hooks: list[Hook] = []
+        self.prediction_summary: PredictionSummary | None = None
+        self.alert_actions: dict[str, AlertAction] = {}
 
     # -- declarations ----------------------------------------------------------------------
 
@@ -128,6 +133,32 @@ class Service:
                                  categories=StageCategories.single(Category.INTERNAL),
                                  breaker=None, kind="respond")
         return fn
+
+    def log_prediction(self, fn: PredictionSummary) -> PredictionSummary:
+        """Declare what each request's event says about its prediction (its ``prediction``
+        field): ``fn(request, response)`` returns a small dict of JSON values, e.g. the order
+        value and the discount handed out. ``response`` is the Output the client got, or
+        None when the request failed.
+
+        It runs in the event writer, never in the request: it costs the response nothing,
+        and an exception in it leaves ``{"error": ...}`` in the field, not a failed request.
+        Every fallback and failure is summarized; clean successes by ``log_sample_rate``.
+        """
+        if self.prediction_summary is not None:
+            raise ValueError(f"service {self.name!r} already has a @log_prediction function")
+        self.prediction_summary = fn
+        return fn
+
+    def alert_action(self, name: str) -> Callable[[AlertAction], AlertAction]:
+        """Declare an action alert rules can name in ``actions`` (``await fn(notice)`` when
+        a rule fires or resolves), or replace a built-in one: the model registry plugs its
+        ``rollback`` in here."""
+
+        def register(fn: AlertAction) -> AlertAction:
+            self.alert_actions[name] = fn
+            return fn
+
+        return register
 
     def resource(self, factory: ResourceFactory) -> ResourceFactory:
         """Declare a resource (a feature store, a client) built when the server starts.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from buttress.backends.redis import connect_redis
+from buttress.backends.sentinel import close_client, connect_sentinel
 from buttress.backends.sqlite import SqliteConnection
 from buttress.backends.url import BackendURL, parse_backend_url
 
@@ -18,16 +19,18 @@ if TYPE_CHECKING:
 
 class Connections:
     def __init__(self) -> None:
-        self._redis: dict[tuple[str, int | None, int, str], Redis] = {}
+        self._redis: dict[tuple[str, int | None, int, str, str], Redis] = {}
         self._sqlite: dict[str, SqliteConnection] = {}
 
     def redis(self, url: BackendURL | str) -> Redis:
         parsed = parse_backend_url(url) if isinstance(url, str) else url
         if not parsed.is_redis:
-            raise ValueError(f"{parsed.redacted()} is not a redis:// URL")
-        key = (parsed.host, parsed.port, parsed.db, parsed.scheme)
+            raise ValueError(f"{parsed.redacted()} is not a redis:// or redis+sentinel:// URL")
+        # path: a sentinel URL's service name (its host is the list of sentinels)
+        key = (parsed.host, parsed.port, parsed.db, parsed.scheme, parsed.path)
         if key not in self._redis:
-            self._redis[key] = connect_redis(parsed)
+            connect = connect_sentinel if parsed.is_sentinel else connect_redis
+            self._redis[key] = connect(parsed)
         return self._redis[key]
 
     def sqlite(self, url: BackendURL | str) -> SqliteConnection:
@@ -40,7 +43,7 @@ class Connections:
 
     async def aclose(self) -> None:
         for client in self._redis.values():
-            await client.aclose()
+            await close_client(client)
         for conn in self._sqlite.values():
             conn.close()
         self._redis.clear()

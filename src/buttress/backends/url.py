@@ -1,11 +1,17 @@
-"""Parse and validate backend URLs; an unknown scheme is an error naming the known ones."""
+"""Parse and validate backend URLs; an unknown scheme is an error naming the known ones.
+
+``redis+sentinel://h1:26379,h2:26379/mymaster/0`` names a Redis found through Sentinel: the
+sentinels, the master's service name, the database (see :mod:`buttress.backends.sentinel`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-KNOWN_SCHEMES = ("memory", "sqlite", "redis", "rediss")
+KNOWN_SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+sentinel")
+SENTINEL_SCHEME = "redis+sentinel"
+DEFAULT_SENTINEL_PORT = 26379
 
 
 @dataclass(frozen=True)
@@ -19,6 +25,8 @@ class BackendURL:
     path: str = ""
     db: int = 0
     options: dict[str, str] = field(default_factory=dict)
+    # redis+sentinel:// only: the sentinels asked for the master; ``path`` is its service name
+    sentinels: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_memory(self) -> bool:
@@ -30,7 +38,12 @@ class BackendURL:
 
     @property
     def is_redis(self) -> bool:
-        return self.scheme in ("redis", "rediss")
+        """Any Redis: one server (``redis://``, ``rediss://``) or one found by Sentinel."""
+        return self.scheme in ("redis", "rediss", SENTINEL_SCHEME)
+
+    @property
+    def is_sentinel(self) -> bool:
+        return self.scheme == SENTINEL_SCHEME
 
     def redacted(self) -> str:
         """The URL without a password, for logs and error messages."""
@@ -56,6 +69,8 @@ def parse_backend_url(url: str) -> BackendURL:
         if not path:
             raise ValueError(f"sqlite URL {url!r} needs a path: sqlite:///path/to/file.db")
         return BackendURL(raw=url, scheme=scheme, path=path, options=options)
+    if scheme == SENTINEL_SCHEME:
+        return _parse_sentinel_url(url, parts.netloc, parts.path, options)
     db_part = parts.path.lstrip("/")
     if db_part and not db_part.isdigit():
         raise ValueError(f"redis URL {url!r}: the path must be a database number, e.g. /0")
@@ -67,3 +82,34 @@ def parse_backend_url(url: str) -> BackendURL:
         db=int(db_part or 0),
         options=options,
     )
+
+
+def _parse_sentinel_url(url: str, netloc: str, path: str, options: dict[str, str]) -> BackendURL:
+    """``redis+sentinel://host[:port][,host[:port]...]/service_name[/db]``.
+
+    ``urlsplit`` cannot read a comma-separated host list (``.port`` raises), so the hosts are
+    split here. A host without a port means 26379, Sentinel's own default.
+    """
+    example = "redis+sentinel://sentinel-a:26379,sentinel-b:26379/mymaster/0"
+    if "@" in netloc:
+        raise ValueError(f"sentinel URL {url!r}: credentials in the URL are not supported yet")
+    sentinels: list[tuple[str, int]] = []
+    for item in filter(None, netloc.split(",")):
+        if item.startswith("["):  # [::1]:26379
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":")
+        else:
+            host, _, port = item.partition(":")
+        if not host or (port and not port.isdigit()):
+            raise ValueError(f"sentinel URL {url!r}: {item!r} is not host[:port]")
+        sentinels.append((host, int(port) if port else DEFAULT_SENTINEL_PORT))
+    if not sentinels:
+        raise ValueError(f"sentinel URL {url!r} names no sentinel: {example}")
+    service, _, db_part = path.strip("/").partition("/")
+    if not service:
+        raise ValueError(f"sentinel URL {url!r} names no master (service name): {example}")
+    if db_part and not db_part.isdigit():
+        raise ValueError(f"sentinel URL {url!r}: after the service name comes a database "
+                         f"number: {example}")
+    return BackendURL(raw=url, scheme=SENTINEL_SCHEME, host=netloc, path=service,
+                      db=int(db_part or 0), options=options, sentinels=tuple(sentinels))

@@ -4,10 +4,11 @@ from buttress.batching.batcher import Batcher
 from buttress.batching.errors import BatcherClosed, ExpiredInQueue, ExpiredInRun, QueueFull
 from buttress.batching.observer import BatcherStats, BatchObserver
 from buttress.batching.policy import Batch
-from buttress.batching.runner import Rows, RunCancelled, Runner, in_executor
+from buttress.batching.runner import BatchCall, Rows, RunCancelled, in_executor
 
 __all__ = [
     "Batch",
+    "BatchCall",
     "BatchObserver",
     "Batcher",
     "BatcherClosed",
@@ -17,6 +18,5 @@ __all__ = [
     "QueueFull",
     "Rows",
     "RunCancelled",
-    "Runner",
     "in_executor",
 ]

@@ -2,11 +2,17 @@
 
 The hooks run once per batch (never per item), so a Prometheus adapter stays off the
 per-request budget: the service subclasses ``BatchObserver`` with pre-bound metrics.
+The counters are plain slots the batcher's parts bump in place; ``stats`` copies them.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+_log = logging.getLogger("buttress.batching")
 
 
 class BatchObserver:
@@ -54,3 +60,39 @@ class BatcherStats:
     @property
     def mean_batch_rows(self) -> float:
         return self.rows / self.batches if self.batches else 0.0
+
+
+class Counts:
+    """The batcher's running counters, one object shared by its parts (queue, runs, deadlines)."""
+
+    __slots__ = (
+        "batches", "cancelled", "expired", "failed_runs", "items", "max_rows", "rows", "runs",
+        "shed",
+    )
+
+    def __init__(self) -> None:
+        self.batches = self.runs = self.rows = self.items = self.max_rows = 0
+        self.failed_runs = self.shed = self.expired = self.cancelled = 0
+
+    def snapshot(self, queued_rows: int, running: bool) -> BatcherStats:
+        return BatcherStats(
+            batches=self.batches,
+            runs=self.runs,
+            rows=self.rows,
+            items=self.items,
+            max_batch_rows=self.max_rows,
+            failed_runs=self.failed_runs,
+            shed=self.shed,
+            expired=self.expired,
+            cancelled=self.cancelled,
+            queued_rows=queued_rows,
+            running=running,
+        )
+
+
+def notify(hook: Callable[..., None], *args: Any) -> None:
+    """Call an observer hook; a hook that raises is logged and never reaches a caller."""
+    try:
+        hook(*args)
+    except Exception:
+        _log.exception("batcher: observer hook %s failed", getattr(hook, "__name__", hook))

@@ -1,4 +1,8 @@
-"""The model seam: what the batcher calls once per batch, and how a sync model plugs in."""
+"""What the batcher calls once per batch (a ``BatchCall``), and how a sync model plugs in.
+
+Not the model seam of the service (that is :class:`buttress.runners.Runner`, whose ``run``
+is the ``BatchCall`` a stage hands its batcher): the batcher knows only this function type.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 from numpy.typing import NDArray
 
 Rows = NDArray[Any]
-Runner = Callable[[Rows], Awaitable[Rows]]
+BatchCall = Callable[[Rows], Awaitable[Rows]]
 """A 2-D batch in, one prediction per row (along axis 0) out."""
 
 
@@ -18,8 +22,8 @@ class RunCancelled(RuntimeError):
     """The model run itself was cancelled (e.g. its executor shut down); not retried."""
 
 
-def in_executor(fn: Callable[[Rows], Rows], executor: Executor | None = None) -> Runner:
-    """Wrap a sync model ``fn`` into a ``Runner``: one executor hop per batch.
+def in_executor(fn: Callable[[Rows], Rows], executor: Executor | None = None) -> BatchCall:
+    """Wrap a sync model ``fn`` into a ``BatchCall``: one executor hop per batch.
 
     It returns the executor's Future itself, which the batcher awaits through a done
     callback: no task is created per batch. ``executor=None`` uses the loop's default one.

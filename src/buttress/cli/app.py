@@ -8,7 +8,11 @@ from typing import Annotated
 
 import typer
 
+from buttress.cli.alerts import app as alerts_app
+from buttress.cli.alerts import dashboards as dashboards_app
 from buttress.cli.features import app as features_app
+from buttress.cli.insights import insights
+from buttress.cli.models import app as models_app
 from buttress.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -21,6 +25,10 @@ ConfigOption = Annotated[str | None, typer.Option("--config", help="Path to butt
 
 
 app.add_typer(features_app, name="features", help="Load and inspect feature stores.")
+app.add_typer(models_app, name="models", help="Register, list, promote and roll back models.")
+app.command("insights")(insights)
+app.add_typer(alerts_app, name="alerts", help="Alert rules: list, check, export to Prometheus.")
+app.add_typer(dashboards_app, name="dashboards", help="Grafana dashboards of the metrics.")
 
 
 @app.callback()
@@ -82,20 +90,8 @@ def consume(
         _fail(str(error))
 
 
-DEMO_TARGET = "examples/discount/service.py:svc"
+DEMO_TARGET = "buttress.demo.service:svc"
 DEMO_FEATURES_URL = "sqlite:///var/demo-features.db"
-
-
-def _demo_target() -> str:
-    """The demo service: under the current directory, else next to this source checkout."""
-    from pathlib import Path
-
-    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        path = root / DEMO_TARGET.split(":")[0]
-        if path.is_file():
-            return f"{path}:svc"
-    raise typer.BadParameter(
-        f"cannot find {DEMO_TARGET}: run buttress demo from the buttress source checkout")
 
 
 @app.command()
@@ -115,28 +111,31 @@ def demo(
     """Run the discount demo on embedded defaults (no server to install)."""
     from buttress.cli.server import serve as run_server
     from buttress.cli.targets import TargetError
+    from buttress.demo import missing_requirements, requirements_message
 
+    missing = missing_requirements()
+    if missing:
+        _fail(requirements_message(missing))
     try:
         settings = load_settings(config, host=host, port=port, backend=redis)
         if settings.features_url is None and settings.backend == "memory://":
             # the embedded default: features persist in a local SQLite file
             settings = settings.model_copy(update={"features_url": DEMO_FEATURES_URL})
-        target = _demo_target()
         typer.echo(f"buttress demo: serving {DEMO_TARGET} on http://{settings.host}:"
                    f"{settings.port} (features {settings.feature_store_url}, caches and "
                    f"guardrails {settings.guardrail_store_url})", err=True)
         if stream:
             from buttress.streams.demo import run_stream_demo
 
-            run_stream_demo(target, rate=rate, redis_url=redis or "redis://127.0.0.1:6379/0",
+            run_stream_demo(DEMO_TARGET, rate=rate, redis_url=redis or "redis://127.0.0.1:6379/0",
                             port=settings.port, env={
                                 "BUTTRESS_LOG_LEVEL": "warning",
                                 "BUTTRESS_BACKEND": settings.backend,
                                 "BUTTRESS_FEATURES_URL": settings.feature_store_url})
         elif traffic:
-            _serve_with_traffic(target, settings)
+            _serve_with_traffic(DEMO_TARGET, settings)
         else:
-            run_server(target, settings, config)
+            run_server(DEMO_TARGET, settings, config)
     except (ConfigError, TargetError) as error:
         _fail(str(error))
 
@@ -146,7 +145,7 @@ def _serve_with_traffic(target: str, settings: Settings) -> None:
     import subprocess
 
     from buttress.cli.server import ensure_port_free, wait_until_ready
-    from buttress.traffic_display import run_traffic
+    from buttress.demo.traffic.display import run_traffic
 
     ensure_port_free(settings.host, settings.port)
     env = {**os.environ, "BUTTRESS_LOG_LEVEL": "warning", "BUTTRESS_BACKEND": settings.backend,

@@ -9,6 +9,7 @@ multiprocess mode so one scrape sees all of them.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import socket
@@ -101,15 +102,26 @@ def app_from_environment() -> Any:
     return build_app(service, settings)
 
 
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What both ways of running uvicorn share.
+
+    http: uvicorn's httptools protocol with a read deadline and a connection cap
+    (:mod:`buttress.http.protocol`). proxy_headers=False: buttress never reads the client's
+    address (events carry the request id), and uvicorn's proxy-headers middleware would cost
+    every request ~1 µs.
+    """
+    from buttress.http.protocol import BoundedHttpProtocol
+
+    return {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
+            "access_log": False, "loop": "uvloop", "http": BoundedHttpProtocol,
+            "lifespan": "on", "server_header": False, "proxy_headers": False,
+            "timeout_graceful_shutdown": int(settings.drain_timeout)}
+
+
 def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
     import uvicorn
 
-    # proxy_headers=False: buttress never reads the client's address (events carry the
-    # request id), and uvicorn's proxy-headers middleware would cost every request ~1 µs.
-    return uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, loop="uvloop", http="httptools", lifespan="on", server_header=False,
-        proxy_headers=False, timeout_graceful_shutdown=int(settings.drain_timeout), **extra)
+    return uvicorn.Config(app, **_uvicorn_options(settings), **extra)
 
 
 def serve(target: str, settings: Settings, config_file: str | None = None) -> None:
@@ -133,14 +145,14 @@ def serve(target: str, settings: Settings, config_file: str | None = None) -> No
         os.environ[CONFIG_ENV] = str(Path(config_file).resolve())
     for key, value in settings.model_dump(exclude_defaults=True).items():
         if value is not None:
-            os.environ[f"BUTTRESS_{key.upper()}"] = str(value)
+            # nested settings ([insights], [[alerts]]) travel as JSON, as pydantic-settings
+            # reads them from the environment
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            os.environ[f"BUTTRESS_{key.upper()}"] = text
     import uvicorn
 
-    uvicorn.run(
-        "buttress.cli.server:app_from_environment", factory=True, workers=settings.workers,
-        host=settings.host, port=settings.port, log_level=settings.log_level,
-        access_log=False, loop="uvloop", http="httptools", lifespan="on", server_header=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout))
+    uvicorn.run("buttress.cli.server:app_from_environment", factory=True,
+                workers=settings.workers, **_uvicorn_options(settings))
 
 
 class _DrainingServer:

@@ -2,8 +2,8 @@
 
 Used by ``buttress serve`` (a Service) and ``buttress features load --table`` (a FeatureTable).
 A file inside a package is imported under its dotted name from the package's parent
-directory, so it can import its siblings (``examples/discount/service.py`` imports
-``examples.discount.data``), and two targets in one file share one module.
+directory, so it can import its siblings (``shop/discounts/service.py`` may import
+``shop.discounts.data``), and two targets in one file share one module.
 """
 
 from __future__ import annotations

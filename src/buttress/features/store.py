@@ -95,7 +95,8 @@ def _redis(url: BackendURL, namespace: str, connections: Connections) -> Feature
 
 
 STRATEGIES: Mapping[str, BackendFactory] = MappingProxyType(
-    {"memory": _memory, "sqlite": _sqlite, "redis": _redis, "rediss": _redis}
+    {"memory": _memory, "sqlite": _sqlite, "redis": _redis, "rediss": _redis,
+     "redis+sentinel": _redis}
 )
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from buttress.http.body import read_request_body
+from buttress.http.body import ReadTimedOut, read_request_body
 from buttress.resilience.categories import Category, error_body
 
 if TYPE_CHECKING:
@@ -47,7 +47,10 @@ def guarded(runtime: Runtime, endpoint: Endpoint) -> Endpoint:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return _error(401, "missing or wrong bearer token")
-        return await endpoint(request)
+        try:
+            return await endpoint(request)
+        except ReadTimedOut as timed_out:
+            return _error(408, str(timed_out))
 
     return check
 
@@ -111,7 +114,10 @@ def admin_routes(runtime: Runtime) -> list[Route]:
             return _error(400, 'expected {"limit": <non-negative number>} or {"limit": null}')
         if gate is None or name not in {g.name for g in gate.guardrails.guards}:
             return _error(404, f"no guardrail named {name!r}")
-        await gate.guardrails.set_limit(name, limit)
+        try:
+            await gate.guardrails.set_limit(name, limit)
+        except ValueError as error:  # the guardrail's own bounds, e.g. limit <= 9e9
+            return _error(400, str(error))
         return JSONResponse({"guardrail": name, "limit": limit})
 
     return [

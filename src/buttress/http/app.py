@@ -12,9 +12,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from buttress.http.admin import admin_routes
+from buttress.http.admin_models import model_routes
 from buttress.http.oip import oip_routes
 from buttress.http.openapi import build_openapi
 from buttress.http.predict import PredictEndpoint
+from buttress.registry import Registry
 
 if TYPE_CHECKING:
     from buttress.pipeline.runtime import Runtime
@@ -69,6 +71,11 @@ def probe_routes(runtime: Runtime) -> list[Route]:
 
 def _starlette(runtime: Runtime) -> Starlette:
     openapi = build_openapi(runtime.service)
+    settings = runtime.settings
+    # for the admin API; building it does no I/O, it connects on first use
+    registry = Registry(settings.registry_url, models_dir=settings.models_dir,
+                        on_change=runtime.metrics.count_model_change,
+                        on_refused=runtime.metrics.count_model_refused)
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
@@ -79,14 +86,20 @@ def _starlette(runtime: Runtime) -> Starlette:
         try:
             yield
         finally:
-            await runtime.stop()
+            try:
+                await runtime.stop()
+            finally:
+                await registry.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *probe_routes(runtime),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             *admin_routes(runtime),
+            *model_routes(runtime, registry),
             *oip_routes(runtime),
         ],
         lifespan=lifespan,
     )
+    app.state.registry = registry
+    return app

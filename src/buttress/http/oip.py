@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from buttress import __version__
-from buttress.http.body import read_request_body
+from buttress.http.body import ReadTimedOut, read_request_body
 from buttress.http.request_ids import RequestIds
 from buttress.oip.codec import HEADER_LENGTH
 from buttress.oip.errors import OipError
@@ -146,7 +146,10 @@ def _answering(handler: Handler) -> Handler:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    body = await read_request_body(request, limit)
+    try:
+        body = await read_request_body(request, limit)
+    except ReadTimedOut as timed_out:
+        raise OipError(408, str(timed_out)) from None
     if body is None:
         raise OipError(413, f"body larger than {limit} bytes")
     return body

@@ -1,7 +1,8 @@
 """``POST /predict`` as a plain ASGI handler.
 
 It is the hot path, so it skips Starlette's Request/Response objects (≈10 µs a request,
-docs/performance.md) and does only what the transport must: enforce the body size (413), pick the
+docs/performance.md) and does only what the transport must: enforce the body size (413),
+answer a body the server stopped waiting for (408, :mod:`buttress.http.protocol`), pick the
 request id and deadline from headers, and write the answer with the buttress headers.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from buttress.http.body import read_body
+from buttress.http.body import ReadTimedOut, discard_body, read_body
 from buttress.http.request_ids import RequestIds
 from buttress.pipeline.runtime import Answer
 from buttress.resilience.deadline import InvalidDeadline
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from buttress.pipeline.runtime import Runtime
 
 JSON = (b"content-type", b"application/json")
+CLOSE = (b"connection", b"close")
 
 
 class PredictEndpoint:
@@ -41,16 +43,25 @@ class PredictEndpoint:
                 bypass_cache = b"no-cache" in value or b"no-store" in value
         rid = self._ids.pick(request_id)
         runtime = self.runtime
-        if scope["method"] != "POST":
-            start, content = _messages(405, b'{"error":{"category":"input_invalid","message":'
-                                       b'"use POST","fields":[]}}', [(b"allow", b"POST"), JSON])
+        if scope["method"] != "POST":  # answered, and recorded like any other request
+            answer = runtime.reject(405, "use POST", rid)
+            start, content = _messages(405, answer.body,
+                                       [(b"allow", b"POST"), *_headers(answer, rid)])
             await send(start)
             await send(content)
             return
         if declared_length > self.max_body:
+            await discard_body(scope, receive, declared_length, self.max_body)
             answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
         else:
-            body = await read_body(receive, self.max_body)
+            try:
+                body = await read_body(scope, receive, self.max_body)
+            except ReadTimedOut as timed_out:
+                answer = runtime.reject(408, str(timed_out), rid)
+                start, content = _messages(408, answer.body, [CLOSE, *_headers(answer, rid)])
+                await send(start)
+                await send(content)
+                return
             if body is None:
                 answer = runtime.reject(413, f"body larger than {self.max_body} bytes", rid)
             else:
@@ -61,7 +72,10 @@ class PredictEndpoint:
                 else:
                     answer = await runtime.answer(body, request_id=rid, deadline_s=budget,
                                                   bypass_cache=bypass_cache)
-        start, content = _messages(answer.status, answer.body, _headers(answer, rid))
+        headers = _headers(answer, rid)
+        if answer.status == 413:  # whatever is left of the body is not worth reading
+            headers.append(CLOSE)
+        start, content = _messages(answer.status, answer.body, headers)
         await send(start)
         await send(content)
 

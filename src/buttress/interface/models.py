@@ -7,7 +7,8 @@ happen. So an :class:`Input` model is validated in two tiers:
 * **Fast path**: ``model_validate_json(body, extra="forbid")``; renamed keys are accepted
   through aliases. Nothing else is paid on a clean request except a ``bytes`` search per
   declared alias. Unknown keys fail this attempt, and a second one that allows them keeps
-  the value and reports each key (so only bodies that have some pay for finding them).
+  the value and reports the keys (so only bodies that have some pay for finding them): the
+  first 20 by name, the rest as a count, all under one metric label (``field="<unknown>"``).
 * **Failure path** (only when pydantic raises): every error is traced to the deepest field on
   its path that has a default. That field takes its default and a :class:`ContractViolation`
   records the path, the expected type and the received type; errors with no default on their
@@ -48,7 +49,8 @@ def field(
     """Declare a field of an :class:`Input` or :class:`Output` model.
 
     ``aliases`` are other names the same value may arrive under (the field's own name always
-    works). ``constraints`` are pydantic's (``ge``, ``max_length``, ``pattern``...).
+    works). ``constraints`` are pydantic's (``ge``, ``max_length``, ``pattern``,
+    ``allow_inf_nan``...).
     """
     validation_alias = AliasChoices(*aliases) if aliases else None
     if default_factory is not None:
@@ -64,9 +66,19 @@ def field(
 
 
 class Input(BaseModel):
-    """Base class of request models. Subclass it like a pydantic model."""
+    """Base class of request models. Subclass it like a pydantic model.
 
-    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True)
+    Float fields refuse ``NaN``, ``Infinity`` and numbers that overflow to infinity
+    (``1e400``): such a value fails like a wrong type (the field's default with a recorded
+    violation, or a 422 naming the field), so it never reaches a model, a guardrail's sum or
+    a cache key. A model that must accept them opts in for the whole class
+    (``class Reading(bt.Input, allow_inf_nan=True)``) or for one field
+    (``bt.field(allow_inf_nan=True)``). Ranges are the class's to declare:
+    ``price: float = bt.field(ge=0)``.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_by_name=True, validate_by_alias=True,
+                              allow_inf_nan=False)
 
     max_list_items: ClassVar[int] = DEFAULT_MAX_LIST_ITEMS
     """Lists declared without ``max_length`` get this one, so no list is unbounded."""

@@ -16,6 +16,7 @@ so one scrape shows every worker.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from bisect import bisect_left
@@ -27,6 +28,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.metrics_core import Metric
@@ -37,6 +39,7 @@ LATENCY_BUCKETS = (
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_INTERVAL = 1.0
 """Seconds between moves of a worker's request tally into its multiprocess files."""
+CONNECTION_CLOSE_REASONS = ("read_timeout", "max_connections")
 
 
 def multiprocess_enabled() -> bool:
@@ -66,7 +69,8 @@ class ServiceMetrics:
         self._violations = Counter(
             "buttress_input_contract_violations_total",
             "Input contract violations, by field and kind "
-            "(defaulted, renamed, unknown_key, missing, invalid).",
+            "(defaulted, renamed, unknown_key, missing, invalid); every unknown key is "
+            "field=\"<unknown>\".",
             ["service", "field", "kind"], registry=r)
         self._model_latency = Histogram(
             "buttress_model_latency_seconds", "Time of one model call (a batch), in seconds.",
@@ -109,6 +113,31 @@ class ServiceMetrics:
         self._events_dropped = Counter(
             "buttress_events_dropped_total", "Events dropped because the buffer was full.",
             ["service"], registry=r).labels(service)
+        self._model_changes = Counter(
+            "buttress_model_changes_total", "Registry changes made through this service "
+            "(action: register, promote, rollback).", ["service", "model", "action"], registry=r)
+        self._models_refused = Counter(
+            "buttress_model_loads_refused_total", "Model artifacts refused at load (reason: "
+            "checksum, missing, pickle, untrusted_types).", ["service", "model", "reason"],
+            registry=r)
+        self._alerts_firing = Gauge(
+            "buttress_alerts_firing", "1 while an alert rule is firing.", ["service", "alert"],
+            multiprocess_mode="livemax", registry=r)
+        self._loop_lag = Gauge(
+            "buttress_event_loop_lag_seconds", "How late the event loop ran a timer, in "
+            "seconds (the largest over the last second): CPU-bound work on the loop.",
+            ["service"], multiprocess_mode="livemax", registry=r).labels(service)
+        if not multiprocess_enabled():
+            # process_cpu_seconds_total, process_resident_memory_bytes, open fds...; under
+            # --workers N the multiprocess aggregate has no per-process collectors
+            ProcessCollector(registry=r)
+        connections_closed = Counter(
+            "buttress_connections_closed_total",
+            "Connections the server closed itself, by reason (read_timeout: the request was "
+            "not read within read_timeout; max_connections: one past the cap).",
+            ["service", "reason"], registry=r)
+        self._connections_closed = {reason: connections_closed.labels(service, reason)
+                                    for reason in CONNECTION_CLOSE_REASONS}
         self._bound: dict[tuple[str, ...], Counter] = {}
         self.requests = RequestTally(LATENCY_BUCKETS)
         """Requests in flight, by status and by latency: plain numbers on the request path."""
@@ -146,8 +175,8 @@ class ServiceMetrics:
     def count_fallback(self, stage: str, category: str) -> None:
         self._child(self._fallbacks, stage, category).inc()
 
-    def count_violation(self, field: str, kind: str) -> None:
-        self._child(self._violations, field, kind).inc()
+    def count_violation(self, field: str, kind: str, count: int = 1) -> None:
+        self._child(self._violations, field, kind).inc(count)
 
     def observe_model(self, model: str, version: str, seconds: float) -> None:
         self._model_latency.labels(self.service, model, version).observe(seconds)
@@ -155,8 +184,50 @@ class ServiceMetrics:
     def set_breaker_open(self, stage: str, is_open: bool) -> None:
         self._breaker_state.labels(self.service, stage).set(1 if is_open else 0)
 
+    def count_model_change(self, model: str, action: str) -> None:
+        self._child(self._model_changes, model, action).inc()
+
+    def count_model_refused(self, model: str, reason: str) -> None:
+        self._child(self._models_refused, model, reason).inc()
+    def count_connection_closed(self, reason: str) -> None:
+        """One of :data:`CONNECTION_CLOSE_REASONS` (a fixed set: bounded labels)."""
+        self._connections_closed[reason].inc()
+
     def count_events_dropped(self, n: int = 1) -> None:
         self._events_dropped.inc(n)
+
+    def set_alert_firing(self, alert: str, firing: bool) -> None:
+        self._alerts_firing.labels(self.service, alert).set(1 if firing else 0)
+
+    def set_loop_lag(self, seconds: float) -> None:
+        self._loop_lag.set(seconds)
+
+    def collect(self) -> list[Metric]:
+        """Every metric family as a scrape would see it (all workers under ``--workers N``;
+        reading their files is I/O, so call that from a thread after :meth:`flush`)."""
+        if multiprocess_enabled():
+            from prometheus_client import multiprocess
+
+            aggregate = CollectorRegistry()
+            multiprocess.MultiProcessCollector(aggregate)  # type: ignore[no-untyped-call]
+            return list(aggregate.collect())
+        return list(self.registry.collect())
+
+
+async def watch_loop_lag(metrics: ServiceMetrics, period: float = 0.25,
+                         report_every: int = 4) -> None:
+    """How late a timer fires: CPU-bound work holding the event loop. The gauge shows the
+    worst of the last ``report_every`` periods (one second). Runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    worst, count = 0.0, 0
+    while True:
+        started = loop.time()
+        await asyncio.sleep(period)
+        worst = max(worst, loop.time() - started - period)
+        count += 1
+        if count == report_every:
+            metrics.set_loop_lag(worst)
+            worst, count = 0.0, 0
 
 
 class RequestTally:

@@ -31,8 +31,10 @@ class RequestContext:
         "fallbacks",
         "model_version",
         "request_id",
+        "response",
         "stage_ms",
         "started",
+        "timed_out",
         "violations",
         "warm_up",
     )
@@ -50,9 +52,13 @@ class RequestContext:
         self.cache = ""
         """``hit``, ``miss``, ``bypass``, or empty when the service has no response cache."""
         self.model_version = ""
+        self.response: object = None
+        """The response object, when this request built it (a cache hit has only bytes)."""
         self.error: AppliedFallback | None = None
         """The failure that made the request fail (no fallback), if any."""
         self.stage_ms: dict[str, float] = {}
+        self.timed_out = False
+        """A stage's own timeout fired (not the request's deadline): the server is slow."""
         self.warm_up = False
         """A warm-up request: it must not spend guardrail budgets."""
 

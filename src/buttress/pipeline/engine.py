@@ -33,6 +33,7 @@ from buttress.stages import StageSpec, order_in_levels
 if TYPE_CHECKING:
     from buttress.backends import Connections
     from buttress.cache import Cache
+    from buttress.observability.exceptions import ExceptionEvents
     from buttress.observability.metrics import ServiceMetrics
     from buttress.service import Service
 
@@ -46,7 +47,8 @@ SHARED_WAIT_GRACE = 0.005
 
 
 class Pipeline:
-    def __init__(self, service: Service, metrics: ServiceMetrics, *, model_threads: int = 2,
+    def __init__(self, service: Service, metrics: ServiceMetrics,
+                 exceptions: ExceptionEvents | None = None, *, model_threads: int = 2,
                  native_threads: int = 1, cache_url: str = "memory://",
                  guardrail_url: str = "memory://") -> None:
         assert service.responder is not None
@@ -62,8 +64,9 @@ class Pipeline:
 
         self.response_cache = cache(service.cache, "response")
         threads = (model_threads, native_threads)
-        self.stages = {s.name: StageRuntime(s, metrics, threads, cache(s.cache, s.name))
-                       for s in service.stages}
+        self.exceptions = exceptions
+        self.stages = {s.name: StageRuntime(s, metrics, threads, cache(s.cache, s.name),
+                                            exceptions) for s in service.stages}
         self.levels = [[self.stages[s.name] for s in level] for level in
                        order_in_levels(service.stages, provided=set(service.resources))]
         """The stages in dependency order: each level needs only earlier ones."""
@@ -132,6 +135,8 @@ class Pipeline:
             if not await self._admitted(request, response, ctx):
                 response = await self._default_response(request, ctx, results)
                 body = None
+        if response is not _NOT_BUILT:
+            ctx.response = response  # for the prediction summary: no need to decode the body
         return body if body is not None else self._serialize(response)
 
     def shed(self, parsed: ParsedInput, ctx: RequestContext, *, with_fallback: bool) -> bytes:
@@ -295,6 +300,8 @@ class Pipeline:
             return spec.fn(*self._arguments(spec, request, results, ctx))
         except Exception as error:
             log.exception("respond failed")
+            if self.exceptions is not None:
+                self.exceptions.record("respond", Category.INTERNAL, error, ctx.request_id)
             ctx.fail("respond", Category.INTERNAL, str(error))
             raise StageFailed("respond", Category.INTERNAL,
                               f"building the response failed: {type(error).__name__}") from error

@@ -10,22 +10,36 @@ import contextlib
 import gc
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from buttress.backends import Connections
 from buttress.interface import InputRejected
-from buttress.observability.events import EventLog, EventSink, JsonlSink
+from buttress.observability.alerts import AlertEvaluator, evaluator_for
+from buttress.observability.events import (
+    SCHEMA_VERSION,
+    Deferred,
+    Event,
+    EventLog,
+    EventSink,
+    JsonlSink,
+    Retention,
+    StdoutSink,
+)
+from buttress.observability.exceptions import TRACEBACK_INTERVAL, ExceptionEvents
 from buttress.observability.metrics import (
     FLUSH_INTERVAL,
     ServiceMetrics,
     mark_worker_dead,
     multiprocess_enabled,
+    watch_loop_lag,
 )
 from buttress.pipeline.context import RequestContext
+from buttress.pipeline.door import Door
 from buttress.pipeline.engine import Pipeline
 from buttress.pipeline.stage import StageFailed
 from buttress.resilience.admission import Admission, ConcurrencyLimit
@@ -90,10 +104,20 @@ class Runtime:
         self.settings = settings
         self.metrics = ServiceMetrics(service.name)
         self.connections = Connections()
-        sinks: list[EventSink] = [JsonlSink(settings.events_dir), *(extra_sinks or [])]
-        self.events = EventLog(sinks, capacity=settings.events_buffer,
+        retention = Retention(settings.events_rotate_bytes, settings.events_rotate_interval,
+                              settings.events_keep_days, settings.events_keep_bytes)
+        sinks: list[EventSink] = [JsonlSink(settings.events_dir, retention)]
+        if settings.events_stdout:
+            sinks.append(StdoutSink())
+        self.events = EventLog([*sinks, *(extra_sinks or [])], capacity=settings.events_buffer,
                                on_dropped=self.metrics.count_events_dropped)
-        self.pipeline = Pipeline(service, self.metrics, model_threads=settings.model_threads,
+        self.exceptions = ExceptionEvents(service.name, self.events.emit,
+                                          traceback_interval=TRACEBACK_INTERVAL)
+        """One event per caught exception (stages record theirs here too)."""
+        self._summary = service.prediction_summary
+        self._sample_rate = settings.log_sample_rate
+        self.pipeline = Pipeline(service, self.metrics, self.exceptions,
+                                 model_threads=settings.model_threads,
                                  native_threads=settings.model_native_threads,
                                  cache_url=settings.cache_store_url,
                                  guardrail_url=settings.guardrail_store_url)
@@ -102,9 +126,16 @@ class Runtime:
         self._pid = os.getpid()
         self._flusher: asyncio.Task[None] | None = None
         self._parse = service.input.parser(max_depth=settings.max_json_depth)
-        self.admission = admission_limit(settings, service)
-        """The door's concurrency limit (None: no limit); see ``buttress.resilience.admission``."""
+        limit = admission_limit(settings, service)
+        self.door = Door(limit) if limit is not None else None
+        """At most the learned number of requests in the pipeline, a short wait for the next
+        (``buttress.pipeline.door``); None: every request is let in."""
         self._shed_with_fallback = settings.overload_response == "fallback"
+        self.alerts: AlertEvaluator | None = None
+        if settings.alerts:
+            self.alerts = evaluator_for(settings, self.metrics, service.name,
+                                        emit=self.events.emit, actions=service.alert_actions)
+        self._background: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -121,6 +152,10 @@ class Runtime:
         if self.service.example is not None:
             await self._warm_up()
         _tune_garbage_collector()
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(watch_loop_lag(self.metrics), name="loop-lag"))
+        if self.alerts is not None:
+            self._background.append(loop.create_task(self.alerts.run(), name="alerts"))
         self.ready = True
 
     async def _warm_up(self) -> None:
@@ -142,6 +177,13 @@ class Runtime:
 
     async def stop(self) -> None:
         self.ready = False
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        if self.alerts is not None:
+            await self.alerts.aclose()
         for hook in self.service.shutdown_hooks:
             await hook(self)
         for resource in self.pipeline.resources.values():
@@ -174,17 +216,17 @@ class Runtime:
     async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
                      bypass_cache: bool = False, record: bool = True,
                      warm_up: bool = False, route: str = PREDICT_ROUTE) -> Answer:
-        clock = time.perf_counter()
+        clock = clock_in = time.perf_counter()
         started = asyncio.get_running_loop().time()  # the loop's clock: deadlines use it
         budget = self.settings.deadline if deadline_s is None else deadline_s
         ctx = RequestContext(request_id, started, started + budget)
         ctx.bypass_cache = bypass_cache
         ctx.warm_up = warm_up
         tally = self.metrics.requests
-        in_flight = tally.in_flight
-        limit = self.admission
-        admitted = limit is None or in_flight < limit.limit or warm_up
-        tally.in_flight = in_flight + 1
+        tally.in_flight += 1
+        door = None if warm_up else self.door
+        entered = door is None or door.enter()
+        request: Any = None
         try:
             try:
                 parsed = self._parse(body)
@@ -196,8 +238,13 @@ class Runtime:
                 # the pipeline is awaited here, not in a helper coroutine: every frame between
                 # the request's task and the model is resumed when its batch returns
                 ctx.violations = parsed.violations
+                request = parsed.value
                 try:
-                    if admitted:
+                    if not entered:  # past the limit: wait a little for a slot, or be shed
+                        assert door is not None
+                        entered = await door.wait(budget)
+                        clock_in = time.perf_counter()
+                    if entered:
                         status, payload = 200, await self.pipeline.run(parsed, ctx)
                     else:
                         status, payload = 200, self.pipeline.shed(
@@ -206,17 +253,53 @@ class Runtime:
                     status, payload = 503, self._unanswerable(failed, ctx)
                 except Exception as error:  # a bug: answer, count, log; never crash the server
                     log.exception("request %s failed", ctx.request_id)
+                    self.exceptions.record("pipeline", Category.INTERNAL, error, ctx.request_id)
                     ctx.error = None
                     status, payload = 500, error_body(
                         Category.INTERNAL, f"internal error: {type(error).__name__}")
         finally:
             tally.in_flight -= 1
-        seconds = time.perf_counter() - clock
-        if admitted and limit is not None:
-            limit.sample(seconds, in_flight + 1)
+            if door is not None and entered:
+                inside = door.inside
+                door.leave()
+        now = time.perf_counter()
+        seconds = now - clock
+        if door is not None and entered:
+            door.limit.sample(now - clock_in, inside, ctx.timed_out)
         if record:
-            self.finish(ctx, status, seconds, route)
+            prediction = None
+            if self._summary is not None and request is not None:
+                prediction = self._prediction(ctx, status, request, payload)
+            self.finish(ctx, status, seconds, prediction, route)
         return Answer(status, payload, ctx)
+
+    def _prediction(self, ctx: RequestContext, status: int, request: Any,
+                    body: bytes) -> Deferred | None:
+        """What the event's ``prediction`` summary is made from, or None for a clean success
+        left out by ``log_sample_rate``. The writer computes it (``Deferred``): decoding the
+        response and the user's function cost the request nothing."""
+        if status != 200:
+            return Deferred(self._summarize, request, None, None)
+        if not ctx.fallbacks and self._sample_rate < 1.0 and random.random() >= self._sample_rate:
+            return None
+        return Deferred(self._summarize, request, ctx.response, body)
+
+    def _summarize(self, request: Any, response: Any, body: bytes | None) -> Any:
+        """The summary, from the response object when the request built one, else decoded
+        from its body (a cached answer)."""
+        assert self._summary is not None
+        if response is None and body is not None:
+            output = self.service.output
+            response = (output.model_validate_json(body) if output is not None
+                        else orjson.loads(body))
+        return self._summary(request, response)
+
+    def record_exception(self, stage: str, category: Category | str, error: BaseException,
+                         request_id: str | None = None) -> Event:
+        """Emit the event of one caught exception (``kind: exception``); the traceback only
+        for the first of a distinct error (stage + type) within ``TRACEBACK_INTERVAL``.
+        Call it where the failure is caught, next to the log line."""
+        return self.exceptions.record(stage, category, error, request_id)
 
     @staticmethod
     def _unanswerable(failed: StageFailed, ctx: RequestContext) -> bytes:
@@ -230,11 +313,11 @@ class Runtime:
         """Answer a request refused before it reached the service (e.g. 413 by transport)."""
         now = time.monotonic()
         ctx = RequestContext(request_id, now, now)
-        self.finish(ctx, status, 0.0, route)
+        self.finish(ctx, status, 0.0, route=route)
         return Answer(status, error_body(Category.INPUT_INVALID, message), ctx)
 
     def finish(self, ctx: RequestContext, status: int, seconds: float,
-               route: str = PREDICT_ROUTE) -> None:
+               prediction: Deferred | None = None, route: str = PREDICT_ROUTE) -> None:
         """Record a request's metrics and its one event (``route``: ``/predict`` or the
         stream that carried it)."""
         metrics = self.metrics
@@ -242,13 +325,16 @@ class Runtime:
         for fallback in ctx.fallbacks:
             metrics.count_fallback(fallback.stage, fallback.category)
         for violation in ctx.violations:
-            metrics.count_violation(violation.field, violation.kind)
-        self.record_event(ctx, status, seconds, route)
+            metrics.count_violation(violation.field, violation.kind, violation.count)
+        self.record_event(ctx, status, seconds, route, prediction)
 
     def record_event(self, ctx: RequestContext, status: int, seconds: float,
-                     route: str = PREDICT_ROUTE) -> None:
-        """Emit the one event of a served request (``route`` says which endpoint served it)."""
+                     route: str = PREDICT_ROUTE, prediction: Deferred | None = None) -> None:
+        """Emit the one event of a served request (``route`` says which endpoint served it).
+        The fields are docs/observability.md's schema ``v`` 1."""
         event = {
+            "v": SCHEMA_VERSION,
+            "kind": "request",
             "ts": time.time(),
             "service": self.service.name,
             "request_id": ctx.request_id,
@@ -265,6 +351,7 @@ class Runtime:
                                Category.INTERNAL.value if status >= 500 else None),
             "error_stage": ctx.error.stage if ctx.error else None,
             "stage_ms": ctx.stage_ms,
+            "prediction": prediction,
             "pid": self._pid,
         }
         self.events.emit(event)
@@ -273,9 +360,8 @@ class Runtime:
 def admission_limit(settings: Settings, service: Service) -> ConcurrencyLimit | None:
     """The door's limit for ``max_concurrency``: learned (``auto``), fixed, or none.
 
-    Learned, it holds admitted requests to ``admission_target`` in the server, by default half
-    the shortest stage timeout (a quarter of the deadline if no stage has one): a request
-    that spends longer than that queued behind others is one whose stages start timing out.
+    Learned, it keeps admitted requests healthy: their stages' own timeouts not firing, and
+    their mean time in the server under ``admission_target`` (by default half the deadline).
     """
     setting = settings.max_concurrency
     if setting == "off":
@@ -284,8 +370,5 @@ def admission_limit(settings: Settings, service: Service) -> ConcurrencyLimit | 
         fixed = int(setting)
         return Admission("1h", initial_limit=fixed, min_limit=fixed, max_limit=fixed).build(
             time.monotonic)
-    target = settings.admission_target
-    if target is None:
-        timeouts = [s.timeout for s in service.stages if s.timeout is not None]
-        target = min(timeouts) / 2 if timeouts else settings.deadline / 4
+    target = settings.admission_target or settings.deadline / 2
     return Admission(target).build(time.monotonic)

@@ -34,6 +34,7 @@ from buttress.runners import Runner, as_runner
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
+    from buttress.observability.exceptions import ExceptionEvents
     from buttress.observability.metrics import ServiceMetrics
     from buttress.pipeline.cache_gate import CachedComputation
     from buttress.pipeline.context import RequestContext
@@ -41,10 +42,6 @@ if TYPE_CHECKING:
     from buttress.stages import StageSpec
 
 log = logging.getLogger("buttress.pipeline")
-
-TRACEBACK_INTERVAL = 10.0
-"""Log a stage's full traceback at most this often; in between, one line per failure."""
-
 
 class StageFailed(Exception):
     """A stage with no fallback failed: the request cannot be answered (503)."""
@@ -89,9 +86,11 @@ class StageRuntime:
     and the rules for calling it."""
 
     def __init__(self, spec: StageSpec, metrics: ServiceMetrics, threads: tuple[int, int],
-                 cache: CachedComputation | None) -> None:
+                 cache: CachedComputation | None,
+                 exceptions: ExceptionEvents | None = None) -> None:
         self.spec = spec
         self.metrics = metrics
+        self.exceptions = exceptions
         self.cache = cache
         self.breaker: CircuitBreaker | None = None
         self.reset_breaker()
@@ -102,7 +101,6 @@ class StageRuntime:
         if self.runner is not None and spec.batch is not None:
             self.batcher = Batcher(spec.batch, self.runner.run,
                                    observer=_BatchObserver(metrics, self))
-        self.last_traceback = -TRACEBACK_INTERVAL
         self.plain = cache is None and self.runner is None
         """A stage function with no cache and no model: the engine starts it with a plain
         call (:meth:`start`); a cached or model stage runs as one coroutine."""
@@ -146,22 +144,33 @@ class StageRuntime:
         else:
             breaker.record_success()
 
-    def _judge(self, error: Exception, *, gave_up: bool, reached_batcher: bool) -> Failure:
-        """The failure's kind, accounted for in the breaker and logged."""
+    def _judge(self, error: Exception, *, gave_up: bool, reached_batcher: bool,
+               request_id: str | None = None) -> Failure:
+        """The failure's kind, accounted for in the breaker; an error or one of the stage's
+        own timeouts is also an exception event and a log line."""
         failure = failure_of(error)
         counted = counts_against_breaker(failure, caller_gave_up=gave_up)
         self._account(True if counted else None, reached_batcher=reached_batcher)
-        if failure is Failure.ERROR:
-            self._log_failure(error)
+        if counted:
+            self._record(error, failure, request_id)
         return failure
 
-    def _log_failure(self, error: Exception) -> None:
-        now = time.monotonic()
-        if now - self.last_traceback >= TRACEBACK_INTERVAL:
-            self.last_traceback = now
-            log.error("stage %s failed", self.spec.name, exc_info=error)
+    def _record(self, error: Exception, failure: Failure, request_id: str | None) -> None:
+        """The exception event (its traceback only the first time a distinct error is seen
+        within a while: :mod:`buttress.observability.exceptions`); an error also gets a log
+        line to match (a timeout's is in its event: under load they come by the thousand)."""
+        name = self.spec.name
+        with_traceback = True
+        if self.exceptions is not None:
+            event = self.exceptions.record(name, self.spec.categories.of(failure), error,
+                                           request_id)
+            with_traceback = event["traceback"] is not None
+        if failure is not Failure.ERROR:
+            return
+        if with_traceback:
+            log.error("stage %s failed", name, exc_info=error)
         else:
-            log.warning("stage %s failed: %s: %s", self.spec.name, type(error).__name__, error)
+            log.warning("stage %s failed: %s: %s", name, type(error).__name__, error)
 
     # -- a plain stage (sync or async function, no model, no cache) ------------------------
 
@@ -304,7 +313,10 @@ class StageRuntime:
                  gave_up: bool, reached_batcher: bool) -> Any:
         """The fallback for a stage that raised, timed out or was refused (``StageFailed``
         if it has none), its breaker fed and the failure logged."""
-        failure = self._judge(error, gave_up=gave_up, reached_batcher=reached_batcher)
+        failure = self._judge(error, gave_up=gave_up, reached_batcher=reached_batcher,
+                              request_id=ctx.request_id)
+        if failure is Failure.TIMEOUT and not gave_up:
+            ctx.timed_out = True
         category = self.spec.categories.of(failure)
         elapsed = time.perf_counter() - clock
         detail = (f"no answer within {1000 * elapsed:.0f} ms" if failure is Failure.TIMEOUT

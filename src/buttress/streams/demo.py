@@ -77,7 +77,7 @@ def run_stream_demo(target: str, *, rate: float, redis_url: str, port: int,
                     env: Mapping[str, str] | None = None, pause_every: float = 40.0,
                     pause_for: float = 10.0) -> None:
     """Run until Ctrl-C."""
-    from buttress.traffic import demo_orders
+    from buttress.demo.traffic.mix import demo_orders
 
     source, sink = stream_urls(redis_url)
     bodies = [orjson.dumps(o) for o in demo_orders(seed=7)]

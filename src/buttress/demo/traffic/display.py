@@ -23,8 +23,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from buttress.traffic import Episodes, Mix, drive
-from buttress.traffic_stats import Latency, TrafficReport
+from buttress.demo.traffic.driver import drive
+from buttress.demo.traffic.mix import Episodes, Mix
+from buttress.demo.traffic.stats import Latency, TrafficReport
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -39,7 +40,7 @@ def run_traffic(
 
     Runs its own event loop, so call it where none is running (the CLI's main thread). Ctrl-C
     stops the traffic, waits briefly for requests in flight and still prints the summary.
-    Raises :class:`buttress.traffic.TrafficError` if the service never becomes ready.
+    Raises :class:`~buttress.demo.traffic.driver.TrafficError` if the service never becomes ready.
     """
     console = console or Console()
     live = display and console.is_terminal

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from examples.discount.data import PRODUCT_DEFAULTS, USER_DEFAULTS
+from buttress.demo.data import PRODUCT_DEFAULTS, USER_DEFAULTS
 
 FEATURE_NAMES: tuple[str, ...] = (
     "orders_count",
