@@ -14,7 +14,8 @@ both, and the share of answers with a fallback is read from each process's event
    ``--max-in-flight 64`` started; messages/s = messages / (time from ready to lag 0).
 3. Recovery: a producer at ``--rate-share`` x the measured consume throughput, 10 s steady,
    the consumer stopped (SIGSTOP) for ``--stop`` s, then continued: the time until the lag is
-   back under 0.1 s worth of messages, against the ideal ``stop x rate / (capacity - rate)``.
+   back under 0.1 s worth of messages, against ``stop x rate / (capacity - rate)`` with the
+   capacity measured in step 2.
 """
 
 from __future__ import annotations
