@@ -151,3 +151,22 @@ async def test_metrics_show_the_lag_rise_while_stopped_and_fall_to_zero(
         assert (await source.lag()).behind == 0
     finally:
         await source.aclose()
+
+
+async def test_two_consumer_processes_in_one_group_split_the_stream(
+        broker: Broker, tmp_path: Path) -> None:
+    with consumer_process(broker, tmp_path / "c1", broker.source_url(consumer="c1")) as (
+            _, first), \
+            consumer_process(broker, tmp_path / "c2", broker.source_url(consumer="c2")) as (
+            _, second):
+        await broker.produce([order(i, sleep_ms=20) for i in range(200)])  # both are ready
+
+        async def all_answered() -> bool:
+            return len({a.request_id for a in await broker.answers()}) == 200
+        await wait_for(all_answered)
+        async with httpx.AsyncClient() as client:
+            counts = [metric_value((await client.get(f"{base}/metrics")).text,
+                                   "buttress_stream_messages_total", outcome="answered")
+                      for base in (first, second)]
+    assert sum(counts) >= 200
+    assert min(counts) > 0  # both took part, with no coordination of ours
