@@ -2,8 +2,9 @@
 # Debian packages some tests need: redis-server (tests that stop Redis start their own),
 # redis-sentinel (redis+sentinel:// URLs, the two-zone test), haproxy (the two-zone test),
 # prometheus (promtool checks /metrics and the exported alert rules; a test runs a real
-# Prometheus server), wrk (benchmarks), iproute2 (the two-zone test's network namespaces).
-# Installs only what is missing, and starts the machine's Redis on 127.0.0.1:6379 if nothing
+# Prometheus server), wrk (benchmarks), iproute2 (the two-zone test's network namespaces),
+# nats-server (stream tests, with JetStream). Installs only what is missing, and starts the
+# machine's Redis on 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222 if nothing
 # answers there. kubectl (kubectl kustomize renders deploy/kubernetes in the tests) is not
 # installed here: Debian's kubernetes-client is too old for Kustomize v5, and those tests are
 # skipped without it.
@@ -12,6 +13,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing+=(prometheus)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v nats-server >/dev/null || missing+=(nats-server)
 command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v ip >/dev/null || missing+=(iproute2)
@@ -27,4 +29,10 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
   mkdir -p /tmp/buttress-redis
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --dir /tmp/buttress-redis --logfile /tmp/buttress-redis/redis.log
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+  mkdir -p /tmp/buttress-nats
+  nohup nats-server -a 127.0.0.1 -p 4222 -js -sd /tmp/buttress-nats \
+    -l /tmp/buttress-nats/nats.log >/dev/null 2>&1 &
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 0.1; done
 fi

@@ -60,6 +60,36 @@ def serve(
         _fail(str(error))
 
 
+@app.command()
+def consume(
+    target: Annotated[str, typer.Argument(help="path/to/file.py:service or module:service")],
+    source: Annotated[str, typer.Option(
+        "--source", help="Stream to read, e.g. redis-stream://127.0.0.1:6379/0/orders?group=g "
+        "or nats://127.0.0.1:4222/ORDERS/orders.new?durable=g.")],
+    sink: Annotated[str, typer.Option("--sink", help="Stream to write the answers to.")],
+    dead_letter: Annotated[str | None, typer.Option(
+        "--dead-letter", help="Stream for messages the input contract refuses; default: the "
+        "sink's name + -dead-letters.")] = None,
+    max_in_flight: Annotated[int, typer.Option(
+        "--max-in-flight", min=1, help="Messages answered at once.")] = 64,
+    host: HostOption = None,
+    port: Annotated[int | None, typer.Option(
+        "--port", help="Port for /healthz, /readyz and /metrics (0: none).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve a prediction service over a message stream (Redis Streams, NATS JetStream)."""
+    from buttress.cli.consume import consume as run_consumer
+    from buttress.cli.targets import TargetError
+    from buttress.streams.urls import StreamURLError
+
+    try:
+        settings = load_settings(config, host=host, port=port)
+        run_consumer(target, settings, source=source, sink=sink, dead_letters=dead_letter,
+                     max_in_flight=max_in_flight)
+    except (ConfigError, TargetError, StreamURLError) as error:
+        _fail(str(error))
+
+
 DEMO_TARGET = "buttress.demo.service:svc"
 DEMO_FEATURES_URL = "sqlite:///var/demo-features.db"
 
@@ -72,6 +102,10 @@ def demo(
         "--traffic", help="Also drive the demo with realistic synthetic traffic.")] = False,
     redis: Annotated[str | None, typer.Option(
         "--redis", help="Put every backend on this Redis, e.g. redis://127.0.0.1:6379/0.")] = None,
+    stream: Annotated[bool, typer.Option(
+        "--stream", help="Produce orders to a Redis Stream (--redis, default the local one) "
+        "and consume them, printing the lag.")] = False,
+    rate: Annotated[float, typer.Option("--rate", help="Orders per second for --stream.")] = 200,
     config: ConfigOption = None,
 ) -> None:
     """Run the discount demo on embedded defaults (no server to install)."""
@@ -90,7 +124,15 @@ def demo(
         typer.echo(f"buttress demo: serving {DEMO_TARGET} on http://{settings.host}:"
                    f"{settings.port} (features {settings.feature_store_url}, caches and "
                    f"guardrails {settings.guardrail_store_url})", err=True)
-        if traffic:
+        if stream:
+            from buttress.streams.demo import run_stream_demo
+
+            run_stream_demo(DEMO_TARGET, rate=rate, redis_url=redis or "redis://127.0.0.1:6379/0",
+                            port=settings.port, env={
+                                "BUTTRESS_LOG_LEVEL": "warning",
+                                "BUTTRESS_BACKEND": settings.backend,
+                                "BUTTRESS_FEATURES_URL": settings.feature_store_url})
+        elif traffic:
             _serve_with_traffic(DEMO_TARGET, settings)
         else:
             run_server(DEMO_TARGET, settings, config)

@@ -41,14 +41,13 @@ def create_app(runtime: Runtime) -> ButtressApp:
     return ButtressApp(runtime)
 
 
-def _starlette(runtime: Runtime) -> Starlette:
-    openapi = build_openapi(runtime.service)
-    settings = runtime.settings
-    # for the admin API; building it does no I/O, it connects on first use
-    registry = Registry(settings.registry_url, models_dir=settings.models_dir,
-                        on_change=runtime.metrics.count_model_change,
-                        on_refused=runtime.metrics.count_model_refused)
+def create_probe_app(runtime: Runtime) -> Starlette:
+    """Only ``/healthz``, ``/readyz`` and ``/metrics``, for a process that serves a stream
+    rather than HTTP requests (``buttress consume``); it starts and stops the runtime itself."""
+    return Starlette(routes=probe_routes(runtime))
 
+
+def probe_routes(runtime: Runtime) -> list[Route]:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
@@ -62,6 +61,21 @@ def _starlette(runtime: Runtime) -> Starlette:
     async def metrics(request: Request) -> Response:
         body, content_type = runtime.metrics.render()
         return Response(body, media_type=content_type)
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+
+
+def _starlette(runtime: Runtime) -> Starlette:
+    openapi = build_openapi(runtime.service)
+    settings = runtime.settings
+    # for the admin API; building it does no I/O, it connects on first use
+    registry = Registry(settings.registry_url, models_dir=settings.models_dir,
+                        on_change=runtime.metrics.count_model_change,
+                        on_refused=runtime.metrics.count_model_refused)
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
@@ -79,9 +93,7 @@ def _starlette(runtime: Runtime) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            *probe_routes(runtime),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             *admin_routes(runtime),
             *model_routes(runtime, registry),

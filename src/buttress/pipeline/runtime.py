@@ -234,7 +234,8 @@ class Runtime:
 
     async def answer(self, body: bytes, *, request_id: str, deadline_s: float | None = None,
                      bypass_cache: bool = False, record: bool = True,
-                     warm_up: bool = False, models: ModelSet | None = None) -> Answer:
+                     warm_up: bool = False, models: ModelSet | None = None,
+                     route: str = PREDICT_ROUTE) -> Answer:
         clock = clock_in = time.perf_counter()
         started = asyncio.get_running_loop().time()  # the loop's clock: deadlines use it
         budget = self.settings.deadline if deadline_s is None else deadline_s
@@ -293,7 +294,7 @@ class Runtime:
             prediction = None
             if self._summary is not None and request is not None:
                 prediction = self._prediction(ctx, status, request, payload)
-            self.finish(ctx, status, seconds, prediction)
+            self.finish(ctx, status, seconds, prediction, route)
         return Answer(status, payload, ctx)
 
     def _prediction(self, ctx: RequestContext, status: int, request: Any,
@@ -331,23 +332,25 @@ class Runtime:
             ctx.fail(failed.stage, failed.category, str(failed))
         return error_body(failed.category, str(failed))
 
-    def reject(self, status: int, message: str, request_id: str) -> Answer:
+    def reject(self, status: int, message: str, request_id: str,
+               route: str = PREDICT_ROUTE) -> Answer:
         """Answer a request refused before it reached the service (e.g. 413 by transport)."""
         now = time.monotonic()
         ctx = RequestContext(request_id, now, now)
-        self.finish(ctx, status, 0.0)
+        self.finish(ctx, status, 0.0, route=route)
         return Answer(status, error_body(Category.INPUT_INVALID, message), ctx)
 
     def finish(self, ctx: RequestContext, status: int, seconds: float,
-               prediction: Deferred | None = None) -> None:
-        """Record a ``/predict`` request's metrics and its one event."""
+               prediction: Deferred | None = None, route: str = PREDICT_ROUTE) -> None:
+        """Record a request's metrics and its one event (``route``: ``/predict`` or the
+        stream that carried it)."""
         metrics = self.metrics
         metrics.requests.observe(status, seconds)
         for fallback in ctx.fallbacks:
             metrics.count_fallback(fallback.stage, fallback.category)
         for violation in ctx.violations:
             metrics.count_violation(violation.field, violation.kind, violation.count)
-        self.record_event(ctx, status, seconds, prediction=prediction)
+        self.record_event(ctx, status, seconds, route, prediction)
 
     def record_event(self, ctx: RequestContext, status: int, seconds: float,
                      route: str = PREDICT_ROUTE, prediction: Deferred | None = None) -> None:
