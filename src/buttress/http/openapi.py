@@ -78,7 +78,7 @@ def build_openapi(service: Service) -> dict[str, Any]:
                 "operationId": "predict",
                 "parameters": [
                     {"name": "X-Deadline-Ms", "in": "header", "required": False,
-                     "schema": {"type": "number"},
+                     "schema": {"type": "number", "minimum": 0},
                      "description": "Lower the deadline for this request (capped by config)."},
                     {"name": "X-Request-Id", "in": "header", "required": False,
                      "schema": {"type": "string"}},

@@ -10,7 +10,9 @@ import itertools
 import os
 import re
 
-WELL_FORMED = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+# fullmatch, not ``^...$``: ``$`` also matches before a final newline, which would let
+# ``b"id\n"`` through into logs and response headers
+WELL_FORMED = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
 class RequestIds:
@@ -20,6 +22,6 @@ class RequestIds:
 
     def pick(self, given: bytes | None) -> str:
         """``given`` (a header's raw value) if it is a well-formed id, else a new one."""
-        if given and WELL_FORMED.match(given):
+        if given and WELL_FORMED.fullmatch(given):
             return given.decode()
         return f"{self._prefix}{next(self._counter):012x}"
