@@ -30,7 +30,6 @@ from hypothesis import strategies as st
 from schemathesis.checks import negative_data_rejection
 from schemathesis.core.parameters import ParameterLocation
 
-from buttress.config import Settings
 from buttress.demo.service import EXAMPLE
 from tests.servers import DEMO, RunningServer, running_server
 
@@ -77,6 +76,13 @@ def lenient_acceptance(case: schemathesis.Case, response: Any) -> str | None:
     fallback = response.headers.get("x-fallback") or []  # schemathesis: a list per header
     if "input_contract" in ",".join([fallback] if isinstance(fallback, str) else fallback):
         return "wrong-typed field took its default"
+    mutations = getattr(data, "mutations", ()) or ()
+    if mutations and all(getattr(m, "new_value", None) == "boolean"
+                         and getattr(m, "original_value", None) in ("integer", "number")
+                         for m in mutations):
+        # an open finding, asserted on its own (xfail, strict): pydantic's lax mode reads
+        # true/false as 1/0 in a number field; see test_a_boolean_is_not_a_number
+        return "boolean read as a number (open finding)"
     return None
 
 
@@ -240,9 +246,15 @@ def test_wide_bodies_are_answered_without_a_5xx(client: httpx.Client) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "each unknown key becomes a label value of buttress_input_contract_violations_total "
-    "(field=<the key>): one request with N new keys adds N time series, so a client controls "
-    "the metrics' cardinality (memory in every worker, in /metrics and in Prometheus)"))
+    "pydantic's lax mode reads true/false as 1/0 in an int or float field, so "
+    '{"user": {"id": false}} is served as user 0 with no recorded violation'))
+def test_a_boolean_is_not_a_number(client: httpx.Client) -> None:
+    body = {**EXAMPLE, "user": {**EXAMPLE["user"], "id": False}}
+    response = client.post("/predict", content=orjson.dumps(body))
+    assert response.status_code == 422
+    assert "user.id" in response.text
+
+
 def test_unknown_keys_do_not_grow_the_metrics_without_bound(client: httpx.Client) -> None:
     keys = {f"k{index:05d}-{time.monotonic_ns()}": 0 for index in range(2_000)}
     response = client.post("/predict", content=orjson.dumps({**EXAMPLE, **keys}))
@@ -335,8 +347,6 @@ def test_trickling_clients_do_not_hold_the_server(demo: RunningServer,
             future.result(timeout=30)
 
 
-@pytest.mark.xfail("read_timeout" not in Settings.model_fields, strict=True,
-                   reason="read_timeout lands with the hardening branch")
 def test_a_trickled_body_is_cut_within_read_timeout(tmp_path: Any) -> None:
     env = {"BUTTRESS_READ_TIMEOUT": "2s", "BUTTRESS_MAX_CONCURRENCY": "off"}
     with running_server(DEMO, tmp_path / "read-timeout", env=env) as server:
