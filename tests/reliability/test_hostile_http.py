@@ -184,6 +184,9 @@ def test_admin_routes_with_generated_bodies(client: httpx.Client) -> None:
                                   headers=headers)
         seen[(template, response.status_code)] += 1
         assert response.status_code < 500, (method, path, body, response.text)
+        if "/" in name and "{name}" in template:  # the decoded path matches no route at all
+            assert response.status_code == 404, (method, path)
+            return
         if authorization != f"Bearer {TOKEN}":
             assert response.status_code == 401, (method, path, authorization)
         else:

@@ -101,5 +101,8 @@ def _starlette(runtime: Runtime) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    # An API answers the path it was asked: no 307 to a "/"-trimmed path (an encoded "/" in a
+    # name made admin routes redirect before their token was checked).
+    app.router.redirect_slashes = False
     app.state.registry = registry
     return app
