@@ -14,7 +14,6 @@ from tests.support import (
     MACHINE_REDIS_URL,
     SENTINEL_URL_TEMPLATE,
     delete_namespaces,
-    matrix_url,
     unique_prefix,
 )
 
@@ -24,12 +23,6 @@ BACKENDS = [
     pytest.param(SENTINEL_URL_TEMPLATE, id="sentinel", marks=[pytest.mark.redis, pytest.mark.slow]),
 ]
 
-
-def backend_url(template: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The matrix entry made usable: SQLite in this test's folder, Redis checked or started."""
-    if template.startswith("sqlite"):
-        return template.format(tmp_path=tmp_path)
-    return matrix_url(template, request)
 
 
 @contextlib.asynccontextmanager

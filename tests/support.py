@@ -49,9 +49,12 @@ def unique_prefix(name: str = "test") -> str:
     return f"{name}-{uuid.uuid4().hex[:10]}"
 
 
-def matrix_url(url: str, request: Any) -> str:
-    """A backend matrix entry made usable: the Sentinel entry gets the session's private
-    sentinel, a ``redis://`` one first checks that the machine's Redis is up."""
+def matrix_url(url: str, request: Any, tmp_path: Path | None = None) -> str:
+    """A backend matrix entry made usable: a ``sqlite:///{tmp_path}/...`` one lands in this
+    test's folder, the Sentinel entry gets the session's private sentinel, a ``redis://`` one
+    first checks that the machine's Redis is up."""
+    if url.startswith("sqlite") and tmp_path is not None:
+        return url.format(tmp_path=tmp_path)
     if url == SENTINEL_URL_TEMPLATE:
         sentinel: PrivateSentinel = request.getfixturevalue("sentinel_redis")
         return sentinel.url

@@ -21,14 +21,15 @@ from buttress.features import (
     load_file,
     load_into,
 )
-from tests.test_features_store import BACKENDS, USER, backend_url, open_store
+from tests.support import matrix_url
+from tests.test_features_store import BACKENDS, USER, open_store
 
 DATA = Path(__file__).parent / "data" / "features"
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FeatureStore]:
-    async with open_store(backend_url(request.param, request, tmp_path)) as opened:
+    async with open_store(matrix_url(request.param, request, tmp_path)) as opened:
         yield opened
 
 

@@ -46,12 +46,6 @@ BACKENDS = [
 ]
 
 
-def backend_url(template: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The matrix URL for this test; on Redis, checks the machine's server is up first."""
-    if template.startswith("sqlite"):
-        return template.format(tmp_path=tmp_path)
-    return matrix_url(template, request)
-
 
 @contextlib.asynccontextmanager
 async def open_store(
@@ -77,7 +71,7 @@ async def open_store(
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FeatureStore]:
-    async with open_store(backend_url(request.param, request, tmp_path)) as opened:
+    async with open_store(matrix_url(request.param, request, tmp_path)) as opened:
         yield opened
 
 
@@ -195,7 +189,7 @@ async def test_on_missing_counts_positions_per_entity(
     template: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     seen: list[tuple[str, int]] = []
-    url = backend_url(template, request, tmp_path)
+    url = matrix_url(template, request, tmp_path)
     async with open_store(url, on_missing=lambda entity, n: seen.append((entity, n))) as store:
         await store.put_many("user", {1: {"orders_count": 1}})
         await store.get_many("user", [1])
@@ -208,7 +202,7 @@ async def test_on_missing_counts_positions_per_entity(
 async def test_namespaces_do_not_share_rows(
     template: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    url = backend_url(template, request, tmp_path)
+    url = matrix_url(template, request, tmp_path)
     async with open_store(url) as one, open_store(url) as other:
         await one.put_many("user", {1: {"orders_count": 1}})
         assert (await other.get_many("user", [1])).missing == ("1",)

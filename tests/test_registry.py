@@ -25,13 +25,13 @@ from buttress.registry import (
 from buttress.registry.summary import summarize
 from buttress.runners import as_runner
 from tests.model_files import ROWS, lightgbm_file
-from tests.registry_support import BACKENDS, backend_url, open_registry
-from tests.support import FakeClock, free_port
+from tests.registry_support import BACKENDS, open_registry
+from tests.support import FakeClock, free_port, matrix_url
 
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return backend_url(request.param, request, tmp_path)
+    return matrix_url(request.param, request, tmp_path)
 
 
 @pytest.fixture

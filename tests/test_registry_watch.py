@@ -18,15 +18,15 @@ from redis.asyncio import Redis
 
 from buttress.registry import AliasMoved, Registry, RegistryWatcher
 from tests.model_files import lightgbm_file
-from tests.registry_support import BACKENDS, backend_url, open_registry
-from tests.support import PrivateRedis
+from tests.registry_support import BACKENDS, open_registry
+from tests.support import PrivateRedis, matrix_url
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return backend_url(request.param, request, tmp_path)
+    return matrix_url(request.param, request, tmp_path)
 
 
 @pytest.fixture(scope="module")
