@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -198,3 +200,37 @@ def test_one_process_of_a_group_holds_the_evaluator_lock(tmp_path: Path) -> None
     first.release()
     assert second.acquire()
     second.release()
+
+
+def predecessor_state(path: Path, *, written_at: float, state: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps({
+        "service": "svc", "pid": -1, "written_at": written_at,
+        "alerts": {"served": {"state": state, "active_since": written_at - 30}}}))
+
+
+async def one_round_of_run(evaluation: AlertEvaluator) -> None:
+    task = asyncio.create_task(evaluation.run())
+    await asyncio.sleep(0.05)  # interval 1 s: the first round runs, the second does not
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await evaluation.aclose()
+
+
+@pytest.mark.parametrize(("age", "notified"), [(2.0, False), (3600.0, True)])
+async def test_a_worker_taking_the_lock_carries_on_from_its_recent_predecessor(
+        tmp_path: Path, age: float, notified: bool) -> None:
+    """A worker taking over must not notify again what its predecessor already notified;
+    a state file left by an earlier run (too old to be a predecessor's) is not carried on."""
+    source, clock = Registry(), FakeClock(1_000_000.0)
+    source.requests.labels("svc", "200").inc(10)
+    served = rule(name="served", metric="buttress_requests_total", threshold=3)
+    predecessor_state(tmp_path / "events" / "alerts-state-svc.json",
+                      written_at=clock() - age, state="firing")
+    evaluation, events, firing = evaluator([served], source, clock, tmp_path, interval=1.0,
+                                           lock=EvaluatorLock(tmp_path / "alerts.lock"))
+    await one_round_of_run(evaluation)
+    assert evaluation.statuses["served"].state == "firing"
+    assert firing == {"served": True}
+    assert [e["state"] for e in events] == (["firing"] if notified else [])

@@ -11,7 +11,8 @@ the rule's actions: ``log``, ``webhook`` (a Slack-compatible ``{"text": ...}`` P
 
 With ``--workers N`` only one process evaluates: the one holding an ``flock`` on a file in the
 shared metrics directory; when it exits the kernel releases the lock and another worker
-takes over at its next round.
+takes over at its next round, carrying on from the state file its predecessor wrote (so a
+firing alert is not notified twice).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ log = logging.getLogger("buttress.alerts")
 
 INACTIVE, PENDING, FIRING = "inactive", "pending", "firing"
 WEBHOOK_TIMEOUT = 5.0
+# a state file younger than this many rounds is a predecessor's to carry on from
+TAKE_OVER_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,13 +262,42 @@ class AlertEvaluator:
 
     async def run(self) -> None:
         """Evaluate every ``interval`` while this process holds the lock (if any)."""
+        holding = False
         while True:
             if self._lock is None or self._lock.acquire():
+                if not holding and self._lock is not None:
+                    self._take_over()
+                holding = True
                 try:
                     await self.evaluate()
                 except Exception:  # keep evaluating: one bad round must not end alerting
                     log.exception("alert evaluation failed")
             await asyncio.sleep(self.interval)
+
+    def _take_over(self) -> None:
+        """Carry on from the worker that held the lock before this one, if it did recently.
+
+        Without this a worker taking over (its predecessor exited or was restarted) would
+        start every rule from inactive and notify a firing alert a second time.
+        """
+        if self._state_file is None:
+            return
+        try:
+            state = orjson.loads(self._state_file.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return
+        written_at = state.get("written_at")
+        if state.get("pid") == os.getpid() or not isinstance(written_at, int | float):
+            return
+        if self._clock() - written_at > TAKE_OVER_ROUNDS * self.interval + 1.0:
+            return  # a previous run's state, not a predecessor's: start afresh
+        for name, saved in (state.get("alerts") or {}).items():
+            status = self.statuses.get(name)
+            if status is None or saved.get("state") not in (PENDING, FIRING):
+                continue
+            status.state, status.active_since = saved["state"], saved.get("active_since")
+            if status.state == FIRING:
+                self._set_firing(name, True)
 
     async def aclose(self) -> None:
         for task in list(self._pending_actions):
