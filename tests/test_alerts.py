@@ -234,3 +234,27 @@ async def test_a_worker_taking_the_lock_carries_on_from_its_recent_predecessor(
     assert evaluation.statuses["served"].state == "firing"
     assert firing == {"served": True}
     assert [e["state"] for e in events] == (["firing"] if notified else [])
+
+
+async def test_a_carried_on_rate_rule_waits_for_its_own_data_before_resolving(
+        tmp_path: Path) -> None:
+    """A rate needs two snapshots: the first round after a takeover has no value, which must
+    not read as 'resolved'."""
+    source, clock = Registry(), FakeClock(1_000_000.0)
+    fast = rule(name="served", metric="buttress_requests_total", function="rate",
+                window="60s", threshold=0.5)
+    predecessor_state(tmp_path / "events" / "alerts-state-svc.json",
+                      written_at=clock() - 1, state="firing")
+    evaluation, events, _ = evaluator([fast], source, clock, tmp_path, interval=1.0,
+                                      lock=EvaluatorLock(tmp_path / "alerts.lock"))
+    await one_round_of_run(evaluation)
+    assert evaluation.statuses["served"].state == "firing"
+    source.requests.labels("svc", "200").inc(600)
+    clock.advance(10)
+    await evaluation.evaluate()  # 60 req/s: still firing, still not notified again
+    assert events == []
+    clock.advance(30)
+    await evaluation.evaluate()
+    clock.advance(60)
+    await evaluation.evaluate()  # nothing new within the window: resolves, once
+    assert [e["state"] for e in events] == ["resolved"]

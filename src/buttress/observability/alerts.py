@@ -83,6 +83,9 @@ class AlertStatus:
     value: float | None = None
     evaluated_at: float | None = None
     error: str | None = None
+    # carried on from a predecessor: held as it was until this process has a value of its own
+    # (a rate needs two snapshots), so a takeover neither resolves nor re-fires it
+    carried_on: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "value": _finite(self.value),
@@ -196,6 +199,10 @@ class AlertEvaluator:
 
     def _step(self, status: AlertStatus, now: float) -> AlertNotice | None:
         rule = status.rule
+        if status.carried_on:
+            if status.value is None:
+                return None
+            status.carried_on = False
         if rule.holds(status.value):
             if status.state == INACTIVE:
                 status.state, status.active_since = PENDING, now
@@ -296,6 +303,7 @@ class AlertEvaluator:
             if status is None or saved.get("state") not in (PENDING, FIRING):
                 continue
             status.state, status.active_since = saved["state"], saved.get("active_since")
+            status.carried_on = True
             if status.state == FIRING:
                 self._set_firing(name, True)
 
