@@ -156,7 +156,8 @@ async def test_soak_at_half_capacity(tmp_path: Path) -> None:
           f"healthy {tally.healthy / max(tally.sent, 1):.2%}; p50/p99 "
           f"{tally.quantile_ms(0.5):.1f}/{tally.quantile_ms(0.99):.1f} ms\n"
           f"RSS {warm / 1024:.1f} MiB after {WARM_UP:.0f} s warm-up -> {end / 1024:.1f} MiB at "
-          f"the end ({growth:+.2%}; max {max(k for _, k in samples) / 1024:.1f} MiB)\n"
+          f"the end ({growth:+.2%}; max {max(k for _, k in samples) / 1024:.1f} MiB; by "
+          f"minute {' '.join(f'{k / 1024:.1f}' for t, k in samples if t % 60 < 1)})\n"
           f"fds {baseline[0]} -> {after[0]}, tasks {baseline[1]} -> {after[1]}; events "
           f"{predict_events:,} for {counted:,.0f} requests counted, {len(ids):,} soak ids, "
           f"{dropped:.0f} dropped; exit {exit_code}")
