@@ -15,7 +15,7 @@ holds ``raise`` (the model raises on the orders :func:`fails_on_raise` picks, 20
 at most every 100 ms, so a flip reaches every replica within that.
 
 Configured by environment: ``FAULT_SERVICE_NAME`` (its Redis namespace), ``FAULT_DIR``; the
-backend by ``BUTTRESS_BACKEND``.
+backend by ``BUTTRESS_BACKEND``, which :func:`seed` fills first.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import buttress as bt
+from buttress.backends import Connections
 from buttress.demo.data import PRODUCT_DEFAULTS, USER_DEFAULTS, generate_products, generate_users
 from buttress.demo.model import build_rows, clip_discount
 from buttress.demo.service import (
@@ -110,27 +111,47 @@ svc = bt.Service(
 
 @svc.resource
 async def features(runtime: bt.Runtime) -> bt.FeatureStore:
-    """The demo's users and products, written by whichever replica starts first."""
+    """The demo's users and products, written by :func:`seed` before the replicas start (a
+    replica starting while Redis is slow must not fail writing 7,000 rows in 50 ms)."""
     store = bt.FeatureStore(runtime.settings.feature_store_url, [USER_TABLE, PRODUCT_TABLE],
                             namespace=svc.name)
     await store.open(runtime.connections)
-    if not (await store.get_many("user", [1])).found[0]:
+    return store
+
+
+async def seed(url: str, namespace: str) -> None:
+    """Write the demo's users and products to the Redis at ``url``, for the service named
+    ``namespace``."""
+    connections = Connections()
+    try:
+        store = bt.FeatureStore(f"{url}?timeout=5s", [USER_TABLE, PRODUCT_TABLE],
+                                namespace=namespace)
+        await store.open(connections)
         await store.put_many("product", generate_products().items())
         await store.put_many("user", generate_users().items())
-    return store
+    finally:
+        await connections.aclose()
 
 
 @svc.stage(timeout="30ms", fallback=lambda order: dict(USER_DEFAULTS),
            category=bt.Category.FEATURES_UNAVAILABLE,
            cache=bt.Cache(ttl="5min", key=lambda order: order.user.id))
-async def user_features(order: Order, features: bt.FeatureStore) -> dict[str, Any]:
-    return (await features.get_many("user", [order.user.id])).rows[0]
+async def user_features(order: Order, features: bt.FeatureStore,
+                        ctx: bt.RequestContext) -> dict[str, Any]:
+    lookup = await features.get_many("user", [order.user.id])
+    if lookup.missing:  # never, unless Redis lost its data
+        ctx.record(bt.Category.FEATURES_MISSING, "user_features", f"user {order.user.id}")
+    return lookup.rows[0]
 
 
 @svc.stage(timeout="30ms", fallback=lambda order: [PRODUCT_DEFAULTS] * len(order.sub_orders),
            category=bt.Category.FEATURES_UNAVAILABLE)
-async def product_features(order: Order, features: bt.FeatureStore) -> list[dict[str, Any]]:
+async def product_features(order: Order, features: bt.FeatureStore,
+                           ctx: bt.RequestContext) -> list[dict[str, Any]]:
     lookup = await features.get_many("product", [sub.product_id for sub in order.sub_orders])
+    if lookup.missing:
+        ctx.record(bt.Category.FEATURES_MISSING, "product_features",
+                   f"products {', '.join(lookup.missing)}")
     return list(lookup.rows)
 
 

@@ -26,6 +26,9 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from tests.reliability.fault_service import ORDER_LIMIT
 from tests.reliability.figures import SHED, Fault, Figures, figures, timeline
@@ -42,9 +45,13 @@ SERVER_MARGIN_MS = 50.0
 CLIENT_MARGIN_MS = 1000.0
 NOISE = 0.03
 FLUSH = 0.7
-STEADY_LAG_MS = 250.0
-DROPPED = "events_dropped"
 """Seconds for the replicas' event writers (every 0.2 s) to write the last events."""
+STEADY_LAG_MS = 250.0
+"""How late (p99) the load generator may send before its run cannot measure time."""
+BUSY = 0.4
+"""The share of a run's time some process may wait for a CPU before the run cannot measure
+time (``/proc/pressure/cpu``; these tests alone stay well under it)."""
+DROPPED = "events_dropped"
 
 Inject = Callable[[Load], Awaitable[Fault]]
 
@@ -60,11 +67,16 @@ class Outcome:
     """What the replicas' ``buttress_fallbacks_total`` grew by in the run, per category of
     the fault (every stage), and ``buttress_events_dropped_total`` as ``events_dropped``;
     empty when not asked for."""
+    cpu_pressure: float | None = None
+    """Share of the run's time in which some process on the machine waited for a CPU
+    (``/proc/pressure/cpu``): how busy the shared machine was, for whoever reads a figure."""
 
     @property
     def report(self) -> str:
+        busy = "" if self.cpu_pressure is None else f", CPU pressure {self.cpu_pressure:.0%}"
         return (f"{self.name}: {RATE:.0f} req/s over 2 replicas, fault "
-                f"{self.fault.start:.2f}-{self.fault.end:.2f} s\n{self.figures.report()}")
+                f"{self.fault.start:.2f}-{self.fault.end:.2f} s{busy}\n"
+                f"{self.figures.report()}")
 
     def during(self, grace: float = 0.0) -> list[Answer]:
         """Answers sent in the fault, after ``grace`` seconds of it."""
@@ -80,22 +92,30 @@ class Outcome:
     def with_category(self, category: str) -> int:
         return sum(1 for a in self.answers if category in a.fallbacks)
 
+    @property
+    def busy(self) -> str | None:
+        """Why the machine did not let this run measure time, or None when it did."""
+        if self.figures.client_lag_p99_ms > STEADY_LAG_MS:
+            return (f"the load generator sent {self.figures.client_lag_p99_ms:.0f} ms behind "
+                    "its schedule (p99)")
+        if self.cpu_pressure is not None and self.cpu_pressure > BUSY:
+            return f"processes waited for a CPU {self.cpu_pressure:.0%} of the time"
+        return None
+
 
 async def under_load(replicas: Replicas, name: str, inject: Inject, *, duration: float,
                      categories: frozenset[str], metrics: bool = True,
                      no_event: Callable[[list[Answer], Fault], frozenset[str]] | None = None
                      ) -> Outcome:
-    """Run the load for ``duration`` seconds with ``inject``; the figures, printed. A run in
-    which the machine starved the load generator (it sent late: not the steady load the
-    figures are about) is run once more."""
+    """Run the load for ``duration`` seconds with ``inject``; the figures, printed. A run on
+    a machine too busy to keep the load steady (:attr:`Outcome.busy`) is run once more."""
     for attempt in range(2):
         outcome = await _run(replicas, f"{name}-{int(time.time())}", name, inject,
                              duration, categories, metrics, no_event)
         print(f"\n{outcome.report}\n{timeline(outcome.answers)}")
-        if outcome.figures.client_lag_p99_ms <= STEADY_LAG_MS or attempt:
+        if outcome.busy is None or attempt:
             return outcome
-        print(f"the load generator sent late (p99 {outcome.figures.client_lag_p99_ms:.0f} ms "
-              "behind its schedule): the machine starved it; once more")
+        print(f"the machine was too busy ({outcome.busy}): once more")
     raise AssertionError("unreachable")
 
 
@@ -103,6 +123,7 @@ async def _run(replicas: Replicas, run: str, name: str, inject: Inject, duration
                categories: frozenset[str], metrics: bool,
                no_event: Callable[[list[Answer], Fault], frozenset[str]] | None) -> Outcome:
     await replicas.wait_healthy()
+    waited, began = cpu_waited(), time.monotonic()
     counted = {c: -replicas.fallbacks(c) for c in categories} if metrics else {}
     if metrics:
         counted[DROPPED] = -replicas.events_dropped()
@@ -121,45 +142,64 @@ async def _run(replicas: Replicas, run: str, name: str, inject: Inject, duration
         counted[category] += (replicas.events_dropped() if category == DROPPED
                               else replicas.fallbacks(category))
     replicas.ledger.update(a.user for a in answers if a.admitted)
+    now_waited = cpu_waited()
+    pressure = (None if waited is None or now_waited is None
+                else (now_waited - waited) / (time.monotonic() - began))
     return Outcome(name, answers, faults[0],
                    figures(answers, faults[0], categories, events, rate=RATE,
-                           no_event=excused), events, counted)
+                           no_event=excused), events, counted, pressure)
+
+
+def cpu_waited() -> float | None:
+    """Seconds in which some task waited for a CPU since boot (Linux PSI), if known."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return float(some.rpartition("total=")[2]) / 1e6
 
 
 def check(outcome: Outcome, replicas: Replicas, *, recovery_within: float,
           lost: int = 0) -> None:
-    """The goals every fault shares (the module docstring)."""
-    result, report = outcome.figures, outcome.report
-    assert result.client_lag_p99_ms <= STEADY_LAG_MS, (
-        f"the machine starved the load generator twice (it sent up to "
-        f"{result.client_lag_p99_ms:.0f} ms late): no steady load, no figures\n{report}")
-    assert result.server_errors == 0, report
-    assert result.lost <= lost, report
-    assert result.server_p99_ms <= DEADLINE_MS + SERVER_MARGIN_MS, report
-    assert result.p99_ms <= DEADLINE_MS + CLIENT_MARGIN_MS, report
-    assert result.recovery_s <= recovery_within, report
-    assert result.healthy_after_recovery >= 1 - NOISE, report
+    """The goals every fault shares (the module docstring). What must hold however busy the
+    machine is comes first; the goals in time follow, and are skipped, saying why, when the
+    machine was too busy to measure time twice in a row (a test calls this after its own
+    such checks, and checks its own goals in time after it). A failure's message has the
+    figures, the timeline and what each replica says of its breakers and caches."""
+    result = outcome.figures
+
+    def why(*more: object) -> str:
+        return "\n".join([outcome.report, timeline(outcome.answers), *map(str, more),
+                          *replicas.status()])
+
+    assert result.server_errors == 0, why()
+    assert result.lost <= lost, why()
+    check_guardrail(replicas, outcome.report)
+    assert result.events_missing == 0, why()
+    assert result.events_duplicated == 0, why()
+    if outcome.busy is not None:
+        pytest.skip(f"{outcome.name}: what must hold did; the goals in time were not "
+                    f"checked, the machine was too busy twice ({outcome.busy})")
+    assert result.server_p99_ms <= DEADLINE_MS + SERVER_MARGIN_MS, why()
+    assert result.p99_ms <= DEADLINE_MS + CLIENT_MARGIN_MS, why()
+    assert result.recovery_s <= recovery_within, why()
+    assert result.healthy_after_recovery >= 1 - NOISE, why()
     outside = [a for a in outcome.answers if a.status and not outcome.fault.during(a)
                and not outcome.fault.start <= a.sent < outcome.fault.end + result.recovery_s]
     unhealthy = [a for a in outside if not a.healthy]
-    assert len(unhealthy) <= NOISE * len(outside), (report, unhealthy[:5])
-    check_guardrail(replicas, report)
-    assert result.events_missing == 0, report
-    assert result.events_duplicated == 0, report
+    assert len(unhealthy) <= NOISE * len(outside), why(unhealthy[:5])
 
 
 def check_guardrail(replicas: Replicas, report: str) -> None:
     """No user got more discounted orders than the limit: by the answers of the whole session
     and by the guardrail's own counters in Redis (its 10 busiest users)."""
     granted = max(replicas.ledger.values(), default=0)
-    assert granted <= ORDER_LIMIT, (report, replicas.ledger.most_common(5))
     counted = replicas.guardrail_used()
+    print(f"  guardrail: at most {granted} discounted orders to one user by the answers, "
+          f"{max(counted.values(), default=0):.0f} by Redis's counters (limit {ORDER_LIMIT}); "
+          f"{sum(1 for n in replicas.ledger.values() if n == ORDER_LIMIT)} users at the limit")
+    assert granted <= ORDER_LIMIT, (report, replicas.ledger.most_common(5))
     assert max(counted.values(), default=0) <= ORDER_LIMIT, (report, counted)
-
-
-def shed_share(outcome: Outcome) -> float:
-    served = [a for a in outcome.answers if a.status]
-    return sum(1 for a in served if SHED in a.fallbacks) / max(1, len(served))
 
 
 async def hold(load: Load, breaks: Callable[[], object], heals: Callable[[], object],

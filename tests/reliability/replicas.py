@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import orjson
 
+from tests.reliability.fault_service import seed
 from tests.reliability.load import HEALTHY_FALLBACKS
 from tests.servers import REPO, RunningServer, metric_value, spawn_server, wait_ready
 from tests.support import PrivateRedis, unique_prefix
@@ -43,7 +44,8 @@ def persistent_redis(folder: Path) -> PrivateRedis:
     """A private Redis that writes every change to an append-only file before answering."""
     folder.mkdir(parents=True, exist_ok=True)
     return PrivateRedis(extra_args=("--appendonly", "yes", "--appendfsync", "everysec",
-                                    "--dir", str(folder)))
+                                    "--dir", str(folder),
+                                    "--logfile", str(folder / "redis.log")))
 
 
 def mount(*args: str) -> bool:
@@ -93,6 +95,7 @@ class Replicas:
     def start(self) -> None:
         self.fault_dir.mkdir(parents=True, exist_ok=True)
         self.set_model_fault("")
+        asyncio.run(seed(self.redis.url, self.name))
         for index in range(self.count):
             events = self.folder(index) / "events"
             events.mkdir(parents=True, exist_ok=True)
@@ -192,6 +195,17 @@ class Replicas:
         """``buttress_fallbacks_total`` of ``category`` (every stage), over both replicas."""
         return sum(metric_value(server.metrics(), "buttress_fallbacks_total", category=category)
                    for server in self.servers)
+
+    def status(self) -> list[str]:
+        """Each replica's ``/admin/status`` (breakers, cache counters), or why there is none."""
+        found = []
+        for server in self.servers:
+            try:
+                found.append(httpx.get(f"{server.base_url}/admin/status", timeout=5,
+                                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text)
+            except httpx.HTTPError as error:
+                found.append(f"{server.base_url}: {error!r}")
+        return found
 
     def guardrail_used(self) -> dict[str, float]:
         """What the guardrail's counters in Redis say the 10 busiest users were granted
