@@ -20,10 +20,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.reliability)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     """Two replicas of the fault service on one private, persistent Redis, started once for
-    every fault test of the session (each test leaves them healthy for the next)."""
+    every fault test (each test leaves them healthy for the next), stopped with the last
+    test of this folder."""
     workdir = tmp_path_factory.mktemp("faults")
     redis = persistent_redis(workdir / "redis")
     redis.start()
