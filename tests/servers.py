@@ -99,6 +99,28 @@ def wait_ready(server: RunningServer, timeout: float) -> None:
         raise type(error)(f"{error}:\n{server.output()}") from None
 
 
+def spawn_server(
+    target: str,
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    port: int | None = None,
+    append_log: bool = False,
+) -> RunningServer:
+    """Start ``buttress serve target`` in ``workdir`` on ``port`` (a free one by default),
+    without waiting: a test that kills a server restarts it on the same port with this
+    (``append_log`` keeps the first run's output in ``workdir/server.log``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    with (workdir / "server.log").open("ab" if append_log else "wb") as log:
+        process = subprocess.Popen(
+            cli_command("serve", target, "--port", str(port), *args),
+            cwd=workdir, env=clean_environment(workdir, env), stdout=log,
+            stderr=subprocess.STDOUT)
+    return RunningServer(process, port, workdir)
+
+
 @contextmanager
 def running_server(
     target: str,
@@ -109,14 +131,8 @@ def running_server(
     ready_timeout: float = 60.0,
 ) -> Iterator[RunningServer]:
     """Start ``buttress serve target`` in ``workdir``, wait for /readyz, stop it at the end."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = (workdir / "server.log").open("wb")
-    process = subprocess.Popen(
-        cli_command("serve", target, "--port", str(port), *args),
-        cwd=workdir, env=clean_environment(workdir, env), stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    server = RunningServer(process, port, workdir)
+    server = spawn_server(target, workdir, env=env, args=args)
+    process = server.process
     try:
         wait_ready(server, ready_timeout)
         yield server

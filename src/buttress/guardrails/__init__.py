@@ -30,7 +30,11 @@ What is guaranteed (both backends run the same arithmetic, ``memory.py`` and ``l
 from __future__ import annotations
 
 from buttress.guardrails.decision import Decision, GuardrailSnapshot, Usage
-from buttress.guardrails.evaluator import Guardrails, warn_if_per_process
+from buttress.guardrails.evaluator import (
+    Guardrails,
+    GuardrailsUnavailable,
+    warn_if_per_process,
+)
 from buttress.guardrails.policy import FixedWindow, Guardrail, SlidingWindow
 
 __all__ = [
@@ -39,6 +43,7 @@ __all__ = [
     "Guardrail",
     "GuardrailSnapshot",
     "Guardrails",
+    "GuardrailsUnavailable",
     "SlidingWindow",
     "Usage",
     "warn_if_per_process",

@@ -42,6 +42,15 @@ MAX_GUARDRAILS = 48
 """Refusals travel as bit masks through Lua doubles, exact up to 2**53."""
 
 
+class GuardrailsUnavailable(Exception):
+    """The backend that keeps the counts did not answer a read of the usage or a change of a
+    limit (admissions never raise it: their guardrails' fail policy decides)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"the guardrail backend did not answer: {type(error).__name__}: "
+                         f"{error}")
+
+
 class Guardrails:
     """The guardrails of one service on one backend.
 
@@ -198,7 +207,8 @@ class Guardrails:
 
     async def set_limit(self, name: str, limit: float | None) -> None:
         """Change guardrail ``name``'s limit now, for every replica sharing the backend;
-        ``None`` restores the declared limit."""
+        ``None`` restores the declared limit. :class:`GuardrailsUnavailable` when the backend
+        does not answer."""
         if self._store is None:
             raise RuntimeError("Guardrails.open() was not awaited")
         index = self._index(name)
@@ -207,15 +217,21 @@ class Guardrails:
             guard = self.guards[index]
             type(guard)(name, limit, guard.window)  # validates the new limit like a declaration
             units = to_units(limit, what="limit")
-        await self._store.set_limit(index, name, units)
+        try:
+            await self._store.set_limit(index, name, units)
+        except self._backend_errors as error:
+            raise GuardrailsUnavailable(error) from error
 
     async def snapshot(self, top: int = 10) -> list[GuardrailSnapshot]:
         """Limit, use and remaining budget now; for keyed guardrails the ``top`` busiest keys.
 
-        With Redis this is a network call that may raise ``redis.exceptions.RedisError``."""
+        With Redis this is a network call: :class:`GuardrailsUnavailable` when it fails."""
         if self._store is None:
             raise RuntimeError("Guardrails.open() was not awaited")
-        stored = await self._store.usage(scan=max(top, 1000))
+        try:
+            stored = await self._store.usage(scan=max(top, 1000))
+        except self._backend_errors as error:
+            raise GuardrailsUnavailable(error) from error
         report = []
         for guard, entry in zip(self.guards, stored, strict=True):
             used_by = entry.used[:1] if guard.key is None else [e for e in entry.used if e[1]][:top]

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from buttress.guardrails import GuardrailsUnavailable
 from buttress.http.body import ReadTimedOut, read_request_body
 from buttress.resilience.categories import Category, error_body
 
@@ -51,6 +52,9 @@ def guarded(runtime: Runtime, endpoint: Endpoint) -> Endpoint:
             return await endpoint(request)
         except ReadTimedOut as timed_out:
             return _error(408, str(timed_out))
+        except GuardrailsUnavailable as unavailable:  # Redis away: say so, as /predict does
+            return Response(error_body(Category.GUARDRAIL_UNAVAILABLE, str(unavailable)),
+                            status_code=503, media_type="application/json")
 
     return check
 

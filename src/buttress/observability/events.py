@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -128,10 +129,13 @@ class JsonlSink:
     def _open(self, now: float) -> IO[bytes]:
         if self._file is not None:
             self._file.close()
+            self._file = None  # a failed open below is tried again at the next write
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
         self._seq += 1
         self._path = self.directory / f"events-{stamp}-{self._pid}-{self._seq:04d}.jsonl"
-        self._file = self._path.open("ab")
+        # unbuffered: a batch is one write, and a failed one leaves nothing behind to be
+        # written later (write() then counts the whole batch as lost, and it is)
+        self._file = self._path.open("ab", buffering=0)
         self._opened_at = now
         self._size = self._path.stat().st_size
         self.prune(now)
@@ -150,10 +154,21 @@ class JsonlSink:
         return self._file
 
     def write(self, events: list[Event]) -> None:
+        """Append the batch whole, or raise with the file as it was (a full disk must not
+        leave half a line, nor part of a batch that is counted as lost)."""
         lines = _encode(events)
         file = self._file_for(len(lines))
-        file.write(lines)
-        file.flush()
+        view = memoryview(lines)
+        try:
+            while view:
+                written = file.write(view)
+                if not written:
+                    raise OSError(errno.EIO, f"{self._path} took no bytes")
+                view = view[written:]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(file.fileno(), self._size)  # only this process appends here
+            raise
         self._size += len(lines)
 
     def prune(self, now: float | None = None) -> list[Path]:
