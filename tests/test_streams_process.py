@@ -132,6 +132,7 @@ async def test_metrics_show_the_lag_rise_while_stopped_and_fall_to_zero(
     source = await open_source(broker.source_url())  # the group exists before the producer
     try:
         await broker.produce([order(i, sleep_ms=40) for i in range(60)])
+        await asyncio.sleep(0.05)  # an age is in whole milliseconds: let the oldest have one
         stopped = await source.lag()
         assert stopped.behind == 60
         assert stopped.oldest_age_s > 0
