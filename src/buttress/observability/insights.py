@@ -105,15 +105,19 @@ def event_files(directory: str | Path, since: float | None = None) -> list[Path]
     return files
 
 
-def open_events(directory: str | Path, since: float | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the view ``events`` over the event files in ``directory``."""
+def open_events(directory: str | Path, since: float | None = None, *,
+                threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the view ``events`` over the event files in ``directory``.
+
+    ``threads`` caps DuckDB's threads (default: one per core); a server running queries beside
+    its requests (the dashboard) gives it one, so a query never takes every core."""
     import duckdb
 
     files = event_files(directory, since)
     if not files:
         window = "" if since is None else f" written since {time.ctime(since)}"
         raise InsightsError(f"no event files{window} in {str(directory)!r}")
-    connection = duckdb.connect()
+    connection = duckdb.connect(config={"threads": threads} if threads else {})
     names = [str(path) for path in files]
     options = ("format = 'newline_delimited', union_by_name = true, ignore_errors = true, "
                "maximum_object_size = 16777216")
@@ -137,11 +141,12 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def run_query(directory: str | Path, sql: str, since: float | None = None) -> QueryResult:
+def run_query(directory: str | Path, sql: str, since: float | None = None, *,
+              threads: int | None = None) -> QueryResult:
     """Run ``sql`` over the events in ``directory`` (``since``: epoch seconds)."""
     import duckdb
 
-    connection = open_events(directory, since)
+    connection = open_events(directory, since, threads=threads)
     try:
         cursor = connection.execute(sql)
         columns = [d[0] for d in cursor.description or []]
