@@ -120,7 +120,8 @@ async def features(runtime: bt.Runtime) -> bt.FeatureStore:
 
 
 @svc.stage(timeout="30ms", fallback=lambda order: dict(USER_DEFAULTS),
-           category=bt.Category.FEATURES_UNAVAILABLE)
+           category=bt.Category.FEATURES_UNAVAILABLE,
+           cache=bt.Cache(ttl="5min", key=lambda order: order.user.id))
 async def user_features(order: Order, features: bt.FeatureStore,
                         ctx: bt.RequestContext) -> dict[str, Any]:
     lookup = await features.get_many("user", [order.user.id])

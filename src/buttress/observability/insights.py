@@ -144,17 +144,40 @@ def _literal(text: str) -> str:
 def run_query(directory: str | Path, sql: str, since: float | None = None, *,
               threads: int | None = None) -> QueryResult:
     """Run ``sql`` over the events in ``directory`` (``since``: epoch seconds)."""
+    connection = open_events(directory, since, threads=threads)
+    try:
+        return _execute(connection, sql)
+    finally:
+        connection.close()
+
+
+def run_queries(directory: str | Path, queries: Mapping[str, str], since: float | None = None,
+                *, threads: int | None = None) -> dict[str, QueryResult | InsightsError]:
+    """Several queries (name -> SQL) over one view of the events: the files are listed and
+    their columns inferred once. Each query's result, or the error it alone raised; with no
+    event files at all, :class:`InsightsError` is raised."""
+    connection = open_events(directory, since, threads=threads)
+    results: dict[str, QueryResult | InsightsError] = {}
+    try:
+        for name, sql in queries.items():
+            try:
+                results[name] = _execute(connection, sql)
+            except InsightsError as error:
+                results[name] = error
+    finally:
+        connection.close()
+    return results
+
+
+def _execute(connection: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
     import duckdb
 
-    connection = open_events(directory, since, threads=threads)
     try:
         cursor = connection.execute(sql)
         columns = [d[0] for d in cursor.description or []]
         return QueryResult(columns, cursor.fetchall())
     except duckdb.Error as error:
         raise InsightsError(str(error).strip()) from None
-    finally:
-        connection.close()
 
 
 def saved_query(name: str, saved: Mapping[str, str]) -> str:
