@@ -37,6 +37,16 @@
     return node;
   }
 
+  // A name that may wrap after "_", "." or "]" (a <wbr>, so a copy of it stays whole).
+  function breakable(name) {
+    const span = el("span");
+    for (const part of String(name).split(/(?<=[_.\]])/)) {
+      if (span.childNodes.length) span.append(el("wbr"));
+      span.append(part);
+    }
+    return span;
+  }
+
   function num(value, unit) {
     if (value === null || value === undefined || !isFinite(value)) return "—";
     const abs = Math.abs(value);
@@ -168,7 +178,7 @@
     fill("violations", d.violations.length ? table(
       [["field"], ["kind"], ["/s", "num"], ["total", "num"]],
       d.violations.map((v) => el("tr", {"data-field": v.field},
-        el("td", {class: "field", text: v.field}),
+        el("td", {class: "field"}, breakable(v.field)),
         el("td", null, el("span", {class: `badge ${v.kind === "renamed" ? "warn" : ""}`,
                                    text: v.kind})),
         el("td", {class: "num", text: num(v.per_s)}),
@@ -179,7 +189,7 @@
 
   function caches(d) {
     fill("caches", d.caches.length ? d.caches.map((c) => el("div", {class: "item", "data-cache": c.cache},
-      el("div", {class: "line"}, el("span", {class: "name", text: c.cache}),
+      el("div", {class: "line"}, el("span", {class: "name"}, breakable(c.cache)),
          el("span", {class: "value", text: `${pct(c.hit_ratio)} hits`})),
       bar(c.hit_ratio),
       el("div", {class: "detail", text: `${num(c.lookups_per_s)} lookups/s · ` +
@@ -190,7 +200,7 @@
 
   function batches(d) {
     fill("batches", d.batches.length ? d.batches.map((b) => el("div", {class: "item", "data-model": b.model},
-      el("div", {class: "line"}, el("span", {class: "name", text: b.model}),
+      el("div", {class: "line"}, el("span", {class: "name"}, breakable(b.model)),
          el("span", {class: "value", text: `${num(b.mean_rows)} rows / batch`})),
       el("div", {class: "detail", text: `p50 ${num(b.p50_rows)} · p99 ${num(b.p99_rows)} rows · ` +
         `${num(b.batches_per_s)} batches/s · queue wait p99 ${num(b.queue_wait_p99_ms)} ms · ` +
@@ -209,7 +219,7 @@
       const use = g.limit === null ? "no key has spent any budget yet"
         : `${num(g.used)} of ${num(g.limit)}${key}`;
       return el("div", {class: "item", "data-guardrail": g.guardrail},
-        el("div", {class: "line"}, el("span", {class: "name", text: g.guardrail}),
+        el("div", {class: "line"}, el("span", {class: "name"}, breakable(g.guardrail)),
            el("span", {class: "value", text: `${pct(g.share)} used`})),
         bar(g.share, level),
         el("div", {class: "detail", text: `${use} · ` +
