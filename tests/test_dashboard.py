@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import decimal
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -20,16 +21,17 @@ import pytest
 
 import buttress as bt
 from buttress.config import ConfigError
-from buttress.dashboard import charts
-from buttress.dashboard.charts import InsightCharts, chart, chart_names
+from buttress.dashboard import charts, refresh
+from buttress.dashboard.charts import chart, chart_names
 from buttress.dashboard.data import REUSE
 from buttress.dashboard.panels import metric_panels
+from buttress.dashboard.refresh import InsightCharts
 from buttress.dashboard.routes import ASSETS, static_file
 from buttress.demo.service import svc as demo
 from buttress.http.app import create_app
 from buttress.observability.alert_values import Snapshot
 from buttress.observability.alerts import alert_state_file
-from buttress.observability.insights import QueryResult
+from buttress.observability.insights import QueryResult, saved_query
 from tests.support import FakeClock
 from tests.test_events_server import demo_order
 
@@ -148,44 +150,70 @@ def test_which_queries_are_drawn() -> None:
 
 
 async def test_insight_queries_run_once_for_any_number_of_polls_and_back_off_when_slow(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     runs: list[float] = []
     took = {"seconds": 0.01}
 
-    def fake_run(directory: Any, queries: Any, since: float, threads: int) -> dict[str, Any]:
-        runs.append(since)
+    async def run(now: float) -> list[dict[str, Any]]:
+        runs.append(now)
         elapsed.advance(took["seconds"])
-        return {name: QueryResult(["n"], [(1,)]) for name in queries}
+        return [{"name": "q", "kind": "table", "columns": ["n"], "rows": [[1]]}]
 
-    monkeypatch.setattr(charts, "run_queries", fake_run)
     clock, elapsed = FakeClock(1000.0), FakeClock(0.0)
-    board = InsightCharts(tmp_path, {"q": "SELECT 1"}, clock=clock, timer=elapsed)
+    board = InsightCharts(tmp_path, {"q": "SELECT 1"}, run=run, clock=clock, timer=elapsed)
     assert board.current()["charts"] == [{"name": "q", "kind": "pending"}]
     for _ in range(5):  # many pages polling while it runs: one run
         board.current()
         await asyncio.sleep(0.01)
-    assert len(runs) == 1
-    assert runs[0] == 1000.0 - charts.WINDOW
+    assert runs == [1000.0]
     assert board.current()["charts"][0]["kind"] == "table"
 
-    clock.advance(charts.REFRESH - 0.1)
-    board.current()
+    def polls_until_due(seconds: float) -> None:
+        elapsed.advance(seconds)
+        board.current()
+
+    polls_until_due(refresh.REFRESH - 0.1)
     await asyncio.sleep(0.01)
     assert len(runs) == 1, "cached for REFRESH seconds"
-    clock.advance(0.2)
-    took["seconds"] = 2.0  # a slow run: the next waits 2 / COST_SHARE seconds
-    board.current()
+    took["seconds"] = 2.0  # a slow run: the next one waits 2 / COST_SHARE seconds
+    polls_until_due(0.2)
     await asyncio.sleep(0.01)
     assert len(runs) == 2
-    clock.advance(charts.REFRESH + 1)
-    board.current()
+    polls_until_due(refresh.REFRESH + 1)
     await asyncio.sleep(0.01)
     assert len(runs) == 2
-    clock.advance(2.0 / charts.COST_SHARE)
-    board.current()
+    polls_until_due(2.0 / refresh.COST_SHARE)
     await asyncio.sleep(0.01)
     assert len(runs) == 3
     await board.aclose()
+
+
+async def test_the_queries_run_in_a_process_of_their_own_at_the_lowest_priority(
+        tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    events.mkdir()
+    now = time.time()
+    (events / "events-1-1-0.jsonl").write_bytes(b"".join(orjson.dumps(
+        {"v": 1, "kind": "request", "ts": now - i, "status": 200, "route": "/predict",
+         "latency_ms": 1.0 + i, "model_version": "v1", "stage_ms": {"model": 0.5},
+         "prediction": {"mean_discount_pct": 10.0 + i}}) + b"\n" for i in range(5)))
+    queries = {name: saved_query(name, {}) for name in charts.DEFAULT_CHARTS}
+    board = InsightCharts(events, {**queries, "broken": "SELECT nope FROM events"})
+    board.current()
+    deadline = time.monotonic() + 30
+    while board.ran_at is None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    worker = board._worker
+    assert worker is not None
+    assert os.getpriority(os.PRIO_PROCESS, worker.pid) == 19
+    drawn = {c["name"]: c for c in board.current()["charts"]}
+    assert drawn["mean_discount_by_model_version"]["series"][0]["name"] == "v1"
+    assert drawn["p99_latency_by_stage"]["kind"] == "table"
+    assert drawn["broken"]["kind"] == "none"
+    assert "nope" in drawn["broken"]["error"]
+    await board.aclose()
+    assert worker.returncode is not None, "stopped with the dashboard"
 
 
 # -- the routes, on the demo in process ------------------------------------------------------

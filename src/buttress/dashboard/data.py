@@ -8,7 +8,7 @@ Built from what the server already has, never from a scrape of its own ``/metric
 - **models**: the registry's summary (what ``buttress models list`` shows), for the models the
   service serves from it: aliases, versions, and the version each replica reports serving;
 - **alerts**: the state file the evaluating worker writes, whichever worker that is;
-- **insights**: the saved queries' charts (:mod:`buttress.dashboard.charts`).
+- **insights**: the saved queries' charts (:mod:`buttress.dashboard.refresh`).
 
 One document is built at most every ``REUSE`` seconds per worker and shared by every poll in
 between (single flight), so ten open pages cost what one does.
@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from buttress.dashboard.charts import InsightCharts, chart_names
+from buttress.dashboard.charts import chart_names
 from buttress.dashboard.panels import SAMPLES, metric_panels
+from buttress.dashboard.refresh import InsightCharts
 from buttress.observability.alert_values import MetricHistory
 from buttress.observability.alerts import TAKE_OVER_ROUNDS, alert_state_file, read_alert_state
 from buttress.observability.insights import saved_query
