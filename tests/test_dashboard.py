@@ -141,6 +141,15 @@ def test_a_query_starting_with_a_time_is_drawn_as_lines() -> None:
                      "rows": [("model", None)], "more_rows": 0}
 
 
+def test_the_docs_configuration_example_loads(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "dashboard.md").read_text()
+    [block] = re.findall(r"```toml\n(.*?)```", doc, flags=re.DOTALL)
+    (tmp_path / "buttress.toml").write_text(block)
+    settings = bt.load_settings(tmp_path / "buttress.toml")
+    assert chart_names(settings.dashboard_queries, settings.insights.queries) == [
+        "mean_discount_by_model_version", "errors_by_app_version"]
+
+
 def test_which_queries_are_drawn() -> None:
     assert chart_names(None, {}) == list(charts.DEFAULT_CHARTS)
     assert chart_names(None, {"mine": "SELECT 1"}) == ["mine", *charts.DEFAULT_CHARTS]
