@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,8 +81,9 @@ def query_worker_cpu(server_pid: int) -> float:
 
 
 @contextmanager
-def poller(url: str) -> Iterator[list[int]]:
-    """What the page does, without drawing: its files once, then the data every poll_ms."""
+def poller(url: str) -> Iterator[Callable[[], int]]:
+    """What the page does, without drawing: its files once, then the data every poll_ms.
+    Yields a function counting the data polls so far."""
     polls = [0]
     stop = threading.Event()
 
@@ -98,27 +99,36 @@ def poller(url: str) -> Iterator[list[int]]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
-        yield polls
+        yield lambda: polls[0]
     finally:
         stop.set()
         thread.join(timeout=10)
 
 
 @contextmanager
-def chromium_page(url: str) -> Iterator[list[int]]:
-    """The real page in headless chromium; counts the data polls it makes."""
-    from playwright.sync_api import sync_playwright
+def chromium_page(url: str) -> Iterator[Callable[[], int]]:
+    """The real page in headless chromium (it polls on its own while wrk runs); yields a
+    function counting its data polls so far."""
+    from playwright.sync_api import Request, sync_playwright
 
     polls = [0]
+
+    def finished(request: Request) -> None:
+        polls[0] += request.url.endswith("/dashboard/data")
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
                                              args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1366, "height": 768})
-        page.on("requestfinished",
-                lambda r: polls.__setitem__(0, polls[0] + r.url.endswith("/dashboard/data")))
+        page.on("requestfinished", finished)
         page.goto(f"{url}/dashboard")
+
+        def count() -> int:
+            page.wait_for_timeout(50)  # the sync API hands events over while it is called
+            return polls[0]
+
         try:
-            yield polls
+            yield count
         finally:
             browser.close()
 
@@ -156,7 +166,7 @@ def demo_rounds(script: str, args: argparse.Namespace) -> dict[str, list[Round]]
                         continue
                     with viewer(server.url) as polls:
                         result = measure(server, script, args.connections, args.duration)
-                        result.polls = polls[0]
+                        result.polls = polls()
                     rounds[scenario].append(result)
     return rounds
 

@@ -127,8 +127,12 @@
 
   function draw(chart, list, format) {
     const target = $(`[data-chart="${chart}"]`);
-    const now = history.length ? history[history.length - 1].t : 0;
-    const span = history.length ? now - history[0].t : 0;
+    if (!history.length) {  // no rate yet: nothing to draw against
+      target.replaceChildren();
+      return;
+    }
+    const now = history[history.length - 1].t;
+    const span = now - history[0].t;
     Charts.lines(target, list, {height: 80, format, label: clock, t1: now,
                                 t0: now - Math.min(HISTORY_SECONDS, Math.max(60, span))});
   }
