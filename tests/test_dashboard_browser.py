@@ -103,22 +103,28 @@ class Watched:
         return self.page.locator(f'[data-panel="{name}"]')
 
 
-def traffic(base_url: str, seconds: float, seed: int, outage: bool = True) -> dict[Kind, int]:
+class Traffic:
     """The demo's traffic driver for ``seconds`` (with a short model outage early on, if
-    ``outage``), in a thread of its own; what it sent, by kind."""
-    sent: dict[Kind, int] = {}
+    ``outage``), in a thread of its own while the test goes on; ``sent``: what it sent."""
 
-    def run() -> None:
-        report = asyncio.run(drive(
-            base_url, duration=seconds, rate=120, concurrency=16, seed=seed,
-            episodes=Episodes(outage_start=2.0, outage_every=45.0,
-                              outage_for=1.0 if outage else 0.0)))
-        sent.update(report.sent)
+    def __init__(self, base_url: str, seconds: float, seed: int, outage: bool = True) -> None:
+        self.seconds = seconds
+        self.sent: dict[Kind, int] = {}
+        episodes = Episodes(outage_start=2.0, outage_every=45.0,
+                            outage_for=1.0 if outage else 0.0)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout=seconds + 60)
-    return sent
+        def run() -> None:
+            report = asyncio.run(drive(base_url, duration=seconds, rate=120, concurrency=16,
+                                       seed=seed, episodes=episodes))
+            self.sent.update(report.sent)
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def wait(self) -> dict[Kind, int]:
+        self.thread.join(timeout=self.seconds + 60)
+        assert not self.thread.is_alive()
+        return self.sent
 
 
 def served_versions(base_url: str, count: int = 10) -> set[str]:
@@ -132,7 +138,7 @@ def test_every_panel_shows_the_demo_traffic_with_no_console_error(
     watched = Watched(browser, f"{server.base_url}/dashboard")
     try:
         expect(watched.page.locator("#status")).to_have_attribute("data-live", "yes")
-        sent = traffic(server.base_url, seconds=8, seed=7)
+        sent = Traffic(server.base_url, seconds=8, seed=7).wait()
         assert sent[Kind.RENAMED_KEY] > 0
         for name in PANELS:
             expect(watched.panel(name)).to_have_attribute("data-state", "data", timeout=20_000)
@@ -203,10 +209,16 @@ def test_the_rollback_button_needs_the_token_and_moves_the_served_version_back(
         assert page.evaluate("() => document.cookie") == ""
         assert len(watched.errors) == 1
 
-        traffic(server.base_url, seconds=6, seed=8, outage=False)  # live numbers to show
-        expect(watched.panel("requests")).to_have_attribute("data-state", "data")
-        page.wait_for_timeout(1500)
+        # the business metric per model version: v2's few answers (above) beside v1's
+        more = Traffic(server.base_url, seconds=25, seed=8, outage=False)
+        mean_discount = watched.panel("insights").locator(
+            '[data-query="mean_discount_by_model_version"] .legend > span')
+        expect(mean_discount).to_have_count(2, timeout=60_000)
+        expect(mean_discount.first).to_contain_text("v1")
+        expect(mean_discount.last).to_contain_text("v2")
+        page.wait_for_timeout(4000)  # live numbers while the traffic runs, for the picture
         screenshot(page, tmp_path / "dashboard.png")
+        more.wait()
         assert len(watched.errors) == 1, watched.errors
     finally:
         page.close()

@@ -2,11 +2,12 @@
 queries, started by :class:`~buttress.dashboard.refresh.InsightCharts` and fed one request per
 line on stdin (``{"events_dir", "queries", "now"}``), answering one line of charts on stdout.
 
-Why a process of its own, at the lowest CPU priority (``nice`` 19): DuckDB holds the GIL for
-parts of a run, so in a thread of the server a refresh stalled the event loop (an ordinary
-thread took a saturated server's healthy answers from 100 % to 8 % in ``bench/dashboard.py``;
-a low-priority thread is worse: preempted while holding the GIL, it stalled the loop for
-185 ms). A process shares no GIL, and at nice 19 it gets only what the requests leave.
+Why a process of its own, at the lowest CPU priority (``nice`` 19): in a thread of the server
+the queries share the server's core and, for parts of a run, its GIL; an open page then took
+a saturated demo to 0.91x its throughput and its healthy answers from 100 % to 62 %
+(``bench/dashboard.py``, docs/dashboard.md). A thread of the lowest priority would be worse:
+preempted while it holds the GIL, it holds up the event loop until it runs again. A process
+shares no GIL, and at nice 19 it gets only what the requests leave.
 """
 
 from __future__ import annotations
