@@ -109,6 +109,46 @@ async def test_of_two_replicas_judging_one_promotion_only_one_rolls_it_back(
         assert (await registry.state("scorer")).aliases["stable"] == "v1"
 
 
+async def test_a_promotion_from_a_clock_10_minutes_behind_is_still_judged(
+        tmp_path: Path) -> None:
+    """The watch runs on the replica's clock from its swap, not from the time the promoter's
+    clock wrote into the history: a CLI on a machine whose clock is 10 minutes behind used to
+    leave the promotion unwatched (its ``watch_for`` of 1 min over before it began)."""
+    async with replicas(tmp_path) as ([runtime], registry):
+        await traffic(runtime, 150)
+        await registry.register("scorer", linear_file(tmp_path, 2.0), who="alice")
+        late = Registry(f"sqlite:///{tmp_path}/registry.db", models_dir=tmp_path / "models",
+                        clock=lambda: time.time() - 600)
+        async with late:
+            await late.promote("scorer", "v2", who="laptop", why="retrained")
+        await serving(runtime, "v2", within=5)
+        await traffic(runtime, 150)
+        await serving(runtime, "v1", within=5)
+        last = (await registry.history("scorer", limit=1))[0]
+        assert (last.who, last.from_version, last.to_version) == ("auto-rollback", "v2", "v1")
+
+
+async def test_a_promotion_from_a_clock_10_minutes_ahead_is_watched_for_watch_for_only(
+        tmp_path: Path) -> None:
+    """The other way round: a history time 10 minutes ahead used to stretch a 1 s watch to
+    10 minutes; the rule must not judge traffic that came after its own watch."""
+    brief = bt.RollbackRule("generous", measure=scale_of, max_increase=0.25, min_requests=100,
+                            watch_for="1s")
+    async with replicas(tmp_path, rules=(brief,)) as ([runtime], registry):
+        await traffic(runtime, 150)
+        await registry.register("scorer", linear_file(tmp_path, 2.0), who="alice")
+        early = Registry(f"sqlite:///{tmp_path}/registry.db", models_dir=tmp_path / "models",
+                         clock=lambda: time.time() + 600)
+        async with early:
+            await early.promote("scorer", "v2", who="laptop", why="retrained")
+        await serving(runtime, "v2", within=5)
+        await asyncio.sleep(1.5)  # the watch is over
+        await traffic(runtime, 150)
+        await asyncio.sleep(1.5)  # three looks at the rules
+        assert runtime.pipeline.model_version == "v2"
+        assert (await registry.history("scorer", limit=1))[0].action == "promote"
+
+
 async def test_a_rollback_only_if_stable_is_the_judged_version_is_a_no_op_otherwise(
         tmp_path: Path) -> None:
     async with Registry(f"sqlite:///{tmp_path}/registry.db",

@@ -117,7 +117,7 @@ def test_half_open_admits_only_its_probe_slots(clock: FakeClock) -> None:
     trip(breaker)
     clock.advance(1)
     assert [breaker.allow() for _ in range(3)] == [True, True, False]
-    breaker.release_probe()  # a probe was cancelled: its slot is free again
+    breaker.release_probe(breaker.period)  # a probe was cancelled: its slot is free again
     assert breaker.allow()
     assert not breaker.allow()
 

@@ -48,3 +48,23 @@ def test_statuses_and_in_flight_show_at_the_next_read_and_are_counted_once() -> 
     assert b'buttress_requests_total{service="tally",status="200"} 4.0' in body
     assert registry.get_sample_value("buttress_request_duration_seconds_count",
                                      {"service": "tally"}) == 6
+
+
+async def test_event_loop_tasks_are_counted_when_the_metrics_are_read() -> None:
+    """The soak test's task-leak check reads this gauge before and after a long load."""
+    import asyncio
+
+    metrics = ServiceMetrics("tasks")
+
+    def tasks() -> float | None:
+        return metrics.registry.get_sample_value("buttress_event_loop_tasks",
+                                                 {"service": "tasks"})
+
+    before = tasks()
+    assert before == len(asyncio.all_tasks())
+    sleepers = [asyncio.ensure_future(asyncio.sleep(60)) for _ in range(5)]
+    assert tasks() == before + 5
+    for sleeper in sleepers:
+        sleeper.cancel()
+    await asyncio.gather(*sleepers, return_exceptions=True)
+    assert tasks() == before

@@ -1,6 +1,7 @@
 """The public surface is small and deliberate: changing it must be a conscious act."""
 
 import importlib
+from pathlib import Path
 
 import buttress as bt
 
@@ -45,3 +46,13 @@ def test_categories_are_the_closed_set_of_design() -> None:
         "model_error", "model_timeout", "model_unavailable", "cache_unavailable",
         "overloaded", "guardrail_exceeded", "guardrail_unavailable", "events_dropped", "internal",
     ]
+
+
+def test_a_service_type_checks_under_mypy_strict() -> None:
+    """The declaration decorators keep the decorated function's type: no 'untyped
+    decorator' error for users who run mypy --strict on their service."""
+    from mypy import api
+
+    path = Path(__file__).parent / "data" / "strict_service.py"
+    out, err, status = api.run(["--strict", "--no-incremental", str(path)])
+    assert status == 0, out + err

@@ -41,7 +41,10 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def registry(url: str, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Registry]:
-    async with open_registry(url, tmp_path, clock=clock) as opened:
+    async def registry_time() -> float:
+        return clock()
+
+    async with open_registry(url, tmp_path, clock=clock, heartbeat_clock=registry_time) as opened:
         yield opened
 
 

@@ -9,7 +9,7 @@ same declaration can be built twice in one process (two apps, two tests).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from buttress.interface import Input, Output
 from buttress.registry.declaration import FromRegistry
@@ -80,9 +80,16 @@ class Service:
 
     # -- declarations ----------------------------------------------------------------------
 
+    # The overloads give ``@svc.stage`` and ``@svc.stage(...)`` the decorated function's own
+    # type, so a service type-checks under ``mypy --strict`` (no untyped decorator).
+    @overload
+    def stage(self, fn: F, /) -> F: ...
+
+    @overload
     def stage(
         self,
-        fn: F | None = None,
+        fn: None = None,
+        /,
         *,
         name: str | None = None,
         timeout: Duration | None = None,
@@ -90,7 +97,20 @@ class Service:
         category: Category = Category.INTERNAL,
         breaker: Breaker | None = DEFAULT_BREAKER,
         cache: Cache | None = None,
-    ) -> Any:
+    ) -> Callable[[F], F]: ...
+
+    def stage(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: Duration | None = None,
+        fallback: Any = NO_FALLBACK,
+        category: Category = Category.INTERNAL,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        cache: Cache | None = None,
+    ) -> F | Callable[[F], F]:
         """Declare a stage. ``fallback`` is a value or a function of the input; ``category``
         is what its failures are reported as (e.g. ``features_unavailable``); ``cache``
         caches its output (a sub-module cache; use ``Cache(key=...)`` to narrow the key)."""
@@ -103,9 +123,11 @@ class Service:
 
         return register(fn) if fn is not None else register
 
+    @overload
     def model(
         self,
-        fn: F | None = None,
+        fn: F,
+        /,
         *,
         model: Any,
         version: str = "v1",
@@ -115,7 +137,38 @@ class Service:
         breaker: Breaker | None = DEFAULT_BREAKER,
         batch: Batch | None = None,
         rollback: Sequence[RollbackRule] = (),
-    ) -> Any:
+    ) -> F: ...
+
+    @overload
+    def model(
+        self,
+        fn: None = None,
+        /,
+        *,
+        model: Any,
+        version: str = "v1",
+        name: str | None = None,
+        timeout: Duration | None = None,
+        fallback: Any = NO_FALLBACK,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        batch: Batch | None = None,
+        rollback: Sequence[RollbackRule] = (),
+    ) -> Callable[[F], F]: ...
+
+    def model(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        model: Any,
+        version: str = "v1",
+        name: str | None = None,
+        timeout: Duration | None = None,
+        fallback: Any = NO_FALLBACK,
+        breaker: Breaker | None = DEFAULT_BREAKER,
+        batch: Batch | None = None,
+        rollback: Sequence[RollbackRule] = (),
+    ) -> F | Callable[[F], F]:
         """Declare the model stage. The decorated function builds the model's input rows
         (a 2-D array) from the request and the stages it names; ``model`` (anything with
         ``.predict(rows)``, a function of rows, or a Runner) turns them into predictions,

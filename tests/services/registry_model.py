@@ -34,11 +34,13 @@ def scale_of(request: Any, response: Any) -> float:
 
 
 def make_service(name: str = "registry-model", *, cache: bool = False,
-                 rules: Sequence[bt.RollbackRule] = (), model: str = "scorer") -> bt.Service:
+                 rules: Sequence[bt.RollbackRule] = (), model: str = "scorer",
+                 alias: str = "stable") -> bt.Service:
     svc = bt.Service(name, input=Row, output=Score, example=EXAMPLE,
                      cache=bt.Cache(ttl="10min") if cache else None)
 
-    @svc.model(model=bt.FromRegistry(model), timeout="500ms", fallback=[FALLBACK_SCORE],
+    @svc.model(model=bt.FromRegistry(model, alias=alias), timeout="500ms",
+               fallback=[FALLBACK_SCORE],
                batch=bt.Batch(max_size=32, max_wait="1ms"), rollback=rules)
     def scorer(row: Row) -> np.ndarray:
         return np.array([row.x], dtype=np.float64)

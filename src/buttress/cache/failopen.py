@@ -49,10 +49,11 @@ class FailOpen:
         if not breaker.allow():
             self.error(Category.CACHE_UNAVAILABLE, self._open_error)
             return FAILED
+        admitted_in = breaker.period
         try:
             result = await operation()
         except asyncio.CancelledError:
-            breaker.release_probe()
+            breaker.release_probe(admitted_in)
             raise
         except Exception as exc:
             breaker.record_failure()

@@ -154,6 +154,7 @@ class Guardrails:
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
             return None
+        admitted_in = breaker.period if breaker is not None else 0
         try:
             masks = await store.admit(checks)
         except self._backend_errors:
@@ -162,7 +163,7 @@ class Guardrails:
             return None
         except asyncio.CancelledError:
             if breaker is not None:
-                breaker.release_probe()
+                breaker.release_probe(admitted_in)
             raise
         if breaker is not None:
             breaker.record_success()

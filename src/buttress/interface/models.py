@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, ClassVar, get_origin
+from types import UnionType
+from typing import Any, ClassVar, Union, get_args, get_origin
 
 from annotated_types import MaxLen
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, Strict
 from pydantic_core import PydanticUndefined
 
 from buttress.interface.contract import ContractViolation, InputRejected, ParsedInput
@@ -68,6 +69,9 @@ def field(
 class Input(BaseModel):
     """Base class of request models. Subclass it like a pydantic model.
 
+    ``int`` and ``float`` fields take JSON numbers only: ``true``, ``false`` and ``"42"`` are
+    wrong types (pydantic's lax mode would read them as 1, 0 and 42 without a word), so they
+    take the field's default with a recorded violation, or make a 422 naming the field.
     Float fields refuse ``NaN``, ``Infinity`` and numbers that overflow to infinity
     (``1e400``): such a value fails like a wrong type (the field's default with a recorded
     violation, or a 422 naming the field), so it never reaches a model, a guardrail's sum or
@@ -86,7 +90,8 @@ class Input(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        if _cap_unbounded_lists(cls):
+        capped = _cap_unbounded_lists(cls)
+        if _numbers_are_numbers(cls) or capped:
             cls.model_rebuild(force=True)
 
     @classmethod
@@ -112,6 +117,23 @@ class Output(BaseModel):
 
     def to_json(self) -> bytes:
         return self.__pydantic_serializer__.to_json(self)
+
+
+_NUMBERS = (int, float)
+
+
+def _numbers_are_numbers(cls: type[BaseModel]) -> bool:
+    """Mark the class's ``int``/``float`` fields (optional ones too) strict: JSON numbers only."""
+    changed = False
+    for info in cls.model_fields.values():
+        annotation = info.annotation
+        kinds = [a for a in get_args(annotation) if a is not type(None)] if (
+            get_origin(annotation) in (Union, UnionType)) else [annotation]
+        if kinds and all(kind in _NUMBERS for kind in kinds) and not any(
+                isinstance(m, Strict) for m in info.metadata):
+            info.metadata.append(Strict())
+            changed = True
+    return changed
 
 
 def _cap_unbounded_lists(cls: type[BaseModel]) -> bool:

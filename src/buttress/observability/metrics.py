@@ -127,6 +127,10 @@ class ServiceMetrics:
             "buttress_event_loop_lag_seconds", "How late the event loop ran a timer, in "
             "seconds (the largest over the last second): CPU-bound work on the loop.",
             ["service"], multiprocess_mode="livemax", registry=r).labels(service)
+        self._tasks = Gauge(
+            "buttress_event_loop_tasks", "asyncio tasks alive in this process when the metrics "
+            "were last read: a count that keeps growing at a steady load is a task leak.",
+            ["service"], multiprocess_mode="livesum", registry=r).labels(service)
         if not multiprocess_enabled():
             # process_cpu_seconds_total, process_resident_memory_bytes, open fds...; under
             # --workers N the multiprocess aggregate has no per-process collectors
@@ -163,6 +167,16 @@ class ServiceMetrics:
                     value.inc(count)
             self._latency._sum.inc(total)
         self._in_flight.set(tally.in_flight)
+        self._count_tasks()
+
+    def _count_tasks(self) -> None:
+        """Counted when read (a scrape, or the multiprocess flush every second), not kept up
+        on the request path. A read from a thread without an event loop keeps the last count."""
+        try:
+            tasks = asyncio.all_tasks()
+        except RuntimeError:
+            return
+        self._tasks.set(len(tasks))
 
     def render(self) -> tuple[bytes, str]:
         """The exposition for ``/metrics``, this worker's tally included. (A single-process

@@ -16,7 +16,8 @@ For every model stage declared with ``bt.FromRegistry(name, alias)``, a runtime
   ``HEARTBEAT`` seconds and after every swap; the same loop retries a swap that could not
   reach the registry (never one that was refused);
 - **judges a fresh promotion** by the stage's rollback rules (``bt.RollbackRule``): within
-  ``watch_for`` after a promote, once both versions have ``min_requests`` counted, a rule
+  ``watch_for`` after its watcher saw the promote (its own clock, not the promoter's), once
+  both versions have ``min_requests`` counted, a rule
   that sees the new version worse than the one it replaced rolls the registry back
   (``who="auto-rollback"``, ``if_stable=`` the judged version, so of several replicas that
   judged the same promotion only the first moves the alias). Every replica then follows the
@@ -79,6 +80,7 @@ class _Promotion:
     new: Tally
     previous: Tally
     promoted_at: float
+    """``time.monotonic()`` when this replica heard of the promotion."""
 
 
 class RegistryModels:
@@ -287,12 +289,23 @@ class RegistryModels:
         if now.tally is None or previous.tally is None:
             return
         self._promotions[stage.spec.name] = _Promotion(
-            stage, registry, version, previous_version, now.tally, previous.tally, last[0].at)
+            stage, registry, version, previous_version, now.tally, previous.tally,
+            self._heard(registry, stage))
+
+    def _heard(self, registry: Registry, stage: StageRuntime) -> float:
+        """When this replica's watcher saw the alias move (``time.monotonic()``): the watch's
+        start on this replica's own clock. The history's ``at`` is the promoter's clock, which
+        may be minutes off this one's (it once cancelled or stretched the whole watch)."""
+        declared = _declared(stage)
+        for (known, _stages), watcher in zip(self._followers, self._watchers, strict=True):
+            if known is registry:
+                return watcher.heard.get((declared.name, declared.alias), time.monotonic())
+        return time.monotonic()
 
     async def _judge_promotions(self) -> None:
         while True:
             await asyncio.sleep(RULE_CHECK_EVERY)
-            now = time.time()
+            now = time.monotonic()
             for name, promotion in list(self._promotions.items()):
                 verdict = _verdict(promotion, now)
                 if verdict is None:

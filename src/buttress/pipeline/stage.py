@@ -137,16 +137,18 @@ class StageRuntime:
             self.metrics.set_breaker_open(self.spec.name, False)
 
     def _account(self, breaker: CircuitBreaker | None, failed: bool | None, *,
-                 batched: bool) -> None:
+                 batched: bool, admitted_in: int) -> None:
         """Feed ``breaker`` one call's outcome; ``None``: no verdict on the dependency.
 
         A call that reached a batcher (``batched``) was counted with its batch
         (:meth:`account_batch`): here it only frees the half-open probe slot it may hold, so
-        one failing batch is one failure, not one per request in it."""
+        one failing batch is one failure, not one per request in it. ``admitted_in`` is the
+        breaker's period when the call was let through: a call from before the current
+        half-open period holds no probe slot to free."""
         if breaker is None:
             return
         if failed is None or batched:
-            breaker.release_probe()
+            breaker.release_probe(admitted_in)
         elif failed:
             breaker.record_failure()
         else:
@@ -165,12 +167,13 @@ class StageRuntime:
             breaker.record_success()
 
     def _judge(self, breaker: CircuitBreaker | None, error: Exception, *, gave_up: bool,
-               batched: bool, request_id: str | None = None) -> Failure:
+               batched: bool, admitted_in: int, request_id: str | None = None) -> Failure:
         """The failure's kind, accounted for in the breaker; an error or one of the stage's
         own timeouts is also an exception event and a log line."""
         failure = failure_of(error)
         counted = counts_against_breaker(failure, caller_gave_up=gave_up)
-        self._account(breaker, True if counted else None, batched=batched)
+        self._account(breaker, True if counted else None, batched=batched,
+                      admitted_in=admitted_in)
         if counted:
             self._record(error, failure, request_id)
         return failure
@@ -206,6 +209,7 @@ class StageRuntime:
         if breaker is not None and not breaker.allow():
             return self.fallback(request, ctx, spec.categories.unavailable,
                                  "circuit breaker open")
+        admitted_in = breaker.period if breaker is not None else 0
         clock = time.perf_counter()
         try:
             if spec.is_async:
@@ -216,12 +220,12 @@ class StageRuntime:
                     value = finished.value
                 else:  # it suspended: only now does it need its timer
                     return value_or_rest(self._finish(Resumed(coro, waiting_on), request, ctx,
-                                                      clock))
+                                                      clock, admitted_in))
             else:
                 value = spec.fn(*args)
         except Exception as error:
             return self._recover(breaker, request, ctx, error, clock, gave_up=False,
-                                 batched=False)
+                                 batched=False, admitted_in=admitted_in)
         if breaker is not None:
             breaker.record_success()
         ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
@@ -233,7 +237,7 @@ class StageRuntime:
         return await value if type(value) is Resumed else value
 
     async def _finish(self, rest: Resumed[Any], request: Any, ctx: RequestContext,
-                      clock: float) -> Any:
+                      clock: float, admitted_in: int) -> Any:
         """The rest of an async stage that suspended, bounded by the deadline rule."""
         loop = asyncio.get_running_loop()
         until = call_until(ctx.deadline, self.spec.timeout,
@@ -242,12 +246,13 @@ class StageRuntime:
             async with asyncio.timeout_at(until):
                 value = await rest
         except asyncio.CancelledError:
-            self._account(self._breaker, None, batched=False)
+            self._account(self._breaker, None, batched=False, admitted_in=admitted_in)
             raise
         except Exception as error:
             return self._recover(self._breaker, request, ctx, error, clock,
-                                 gave_up=caller_gave_up(ctx.deadline, until), batched=False)
-        self._account(self._breaker, False, batched=False)
+                                 gave_up=caller_gave_up(ctx.deadline, until), batched=False,
+                                 admitted_in=admitted_in)
+        self._account(self._breaker, False, batched=False, admitted_in=admitted_in)
         ctx.stage_ms[self.spec.name] = as_ms(time.perf_counter() - clock)
         return value
 
@@ -262,6 +267,7 @@ class StageRuntime:
         if breaker is not None and not breaker.allow():
             return self.fallback(request, ctx, spec.categories.unavailable,
                                  "circuit breaker open")
+        admitted_in = breaker.period if breaker is not None else 0
         clock = time.perf_counter()
         until = ctx.deadline
         reached = False
@@ -271,12 +277,13 @@ class StageRuntime:
             until = call_until(ctx.deadline, spec.timeout, asyncio.get_running_loop().time())
             value = await self.predict(live, rows, until)
         except asyncio.CancelledError:
-            self._account(breaker, None, batched=False)
+            self._account(breaker, None, batched=False, admitted_in=admitted_in)
             raise
         except Exception as error:
             return self._recover(breaker, request, ctx, error, clock,
-                                 gave_up=caller_gave_up(ctx.deadline, until), batched=reached)
-        self._account(breaker, False, batched=reached)
+                                 gave_up=caller_gave_up(ctx.deadline, until), batched=reached,
+                                 admitted_in=admitted_in)
+        self._account(breaker, False, batched=reached, admitted_in=admitted_in)
         ctx.stage_ms[spec.name] = as_ms(time.perf_counter() - clock)
         return value
 
@@ -290,21 +297,22 @@ class StageRuntime:
             raise StageFailed(spec.name, spec.categories.unavailable,
                               f"model {spec.name!r} is unavailable: circuit breaker open",
                               Failure.UNAVAILABLE)
+        admitted_in = breaker.period if breaker is not None else 0
         now = asyncio.get_running_loop().time()
         until = call_until(deadline, spec.timeout, now)
         batched = live.batcher is not None
         try:
             predictions = await self.predict(live, rows, until)
         except asyncio.CancelledError:
-            self._account(breaker, None, batched=False)
+            self._account(breaker, None, batched=False, admitted_in=admitted_in)
             raise
         except Exception as error:
             failure = self._judge(breaker, error, gave_up=caller_gave_up(deadline, until),
-                                  batched=batched)
+                                  batched=batched, admitted_in=admitted_in)
             raise StageFailed(spec.name, spec.categories.of(failure),
                               _explain(spec.name, failure, error, until - now),
                               failure) from None
-        self._account(breaker, False, batched=batched)
+        self._account(breaker, False, batched=batched, admitted_in=admitted_in)
         return predictions
 
     def predict(self, live: LiveModel, rows: np.ndarray, until: float
@@ -332,11 +340,12 @@ class StageRuntime:
     # -- fallbacks --------------------------------------------------------------------------
 
     def _recover(self, breaker: CircuitBreaker | None, request: Any, ctx: RequestContext,
-                 error: Exception, clock: float, *, gave_up: bool, batched: bool) -> Any:
+                 error: Exception, clock: float, *, gave_up: bool, batched: bool,
+                 admitted_in: int) -> Any:
         """The fallback for a stage that raised, timed out or was refused (``StageFailed``
         if it has none), its breaker fed and the failure logged."""
         failure = self._judge(breaker, error, gave_up=gave_up, batched=batched,
-                              request_id=ctx.request_id)
+                              admitted_in=admitted_in, request_id=ctx.request_id)
         if failure is Failure.TIMEOUT and not gave_up:
             ctx.timed_out = True
         category = self.spec.categories.of(failure)

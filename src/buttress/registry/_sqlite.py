@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -121,6 +122,10 @@ class SqliteRegistry:
             "SELECT document FROM registry_history WHERE name = ? ORDER BY id DESC LIMIT ?",
             (name, limit)).fetchall())
         return [Change.from_json(document) for (document,) in reversed(rows)]
+
+    async def now(self) -> float:
+        """This machine's clock: every process sharing one SQLite file runs on one machine."""
+        return time.time()
 
     async def report_serving(self, report: Serving) -> None:
         def upsert(conn: sqlite3.Connection) -> None:

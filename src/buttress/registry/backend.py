@@ -48,6 +48,11 @@ class RegistryBackend(Protocol):
         """The last ``limit`` changes of ``name``, oldest first."""
         ...
 
+    async def now(self) -> float:
+        """The registry's own clock (seconds since the epoch): what heartbeats are stamped and
+        expired by, so replicas whose clocks disagree still see each other's reports."""
+        ...
+
     async def report_serving(self, report: Serving) -> None:
         ...
 

@@ -48,12 +48,15 @@ ChangeHook = Callable[[str, str], None]
 class Registry:
     """``Registry(url, models_dir=...)``. Building one does no I/O; close it with
     :meth:`aclose` (or ``async with``). ``on_change(name, action)`` and
-    ``on_refused(name, reason)`` are metric hooks: cheap, and they must not raise."""
+    ``on_refused(name, reason)`` are metric hooks: cheap, and they must not raise.
+    ``clock`` stamps the audit history (this process's time); serving heartbeats go by
+    ``heartbeat_clock``, the registry's own clock unless a test drives it."""
 
     def __init__(self, url: str = DEFAULT_URL, *, models_dir: str | Path = DEFAULT_MODELS_DIR,
                  namespace: str = DEFAULT_NAMESPACE, connections: Connections | None = None,
                  clock: Callable[[], float] = time.time, on_change: ChangeHook | None = None,
-                 on_refused: RefusalHook | None = None) -> None:
+                 on_refused: RefusalHook | None = None,
+                 heartbeat_clock: Callable[[], Awaitable[float]] | None = None) -> None:
         self.url = parse_backend_url(url)
         if self.url.scheme not in STRATEGIES:
             raise ValueError(f"registry URL {self.url.redacted()!r}: use sqlite:///path.db "
@@ -67,6 +70,7 @@ class Registry:
         self.backend: RegistryBackend = STRATEGIES[self.url.scheme](
             self.url, namespace, self._connections)
         self.clock = clock
+        self._heartbeat_clock = heartbeat_clock or self.backend.now
         self._on_change = on_change
         self._on_refused = on_refused
 
@@ -198,12 +202,16 @@ class Registry:
 
     async def report_serving(self, replica_id: str, name: str, version: str,
                              ttl: float = 30.0) -> None:
-        """A replica's heartbeat: it serves ``version`` of ``name`` for the next ``ttl`` s."""
-        now = self.clock()
+        """A replica's heartbeat: it serves ``version`` of ``name`` for the next ``ttl`` s.
+
+        Stamped, expired and pruned by the registry's clock (Redis ``TIME``), not this
+        process's: a replica whose clock is a minute off would otherwise vanish from the
+        listing, or prune everyone else's reports."""
+        now = await self._heartbeat_clock()
         await self.backend.report_serving(Serving(replica_id, name, version, now, now + ttl))
 
     async def serving(self, name: str | None = None) -> list[Serving]:
-        return await self.backend.serving(name, self.clock())
+        return await self.backend.serving(name, await self._heartbeat_clock())
 
     # -- loading and watching --------------------------------------------------------------
 

@@ -56,6 +56,10 @@ class RegistryWatcher:
         self._synced_at = 0.0
         self.pointers: Pointers = {}
         """``(name, alias) -> version`` as last seen."""
+        self.heard: dict[tuple[str, str], float] = {}
+        """``(name, alias) -> time.monotonic()`` when this watcher first saw its current
+        version (the snapshot's time for those it started with): how long ago a move was
+        made, on this process's own clock, whatever clock wrote the registry's history."""
         self._mark = -1
         self._stack: AsyncExitStack | None = None
         self._signal: ChangeSignal | None = None
@@ -70,6 +74,7 @@ class RegistryWatcher:
         self._mark = await self._registry.backend.change_mark()
         self.pointers = await self._read()
         self._synced_at = time.monotonic()
+        self.heard = dict.fromkeys(self.pointers, self._synced_at)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -109,6 +114,8 @@ class RegistryWatcher:
                   for (name, alias), version in current.items()
                   if (name, alias) not in self.pointers]
         self.pointers = current
+        for move in moves:
+            self.heard[(move.name, move.alias)] = self._synced_at
         return sorted(moves, key=lambda m: (m.name, ALIASES.index(m.alias)))
 
     async def _read(self) -> Pointers:

@@ -75,6 +75,7 @@ class CircuitBreaker:
         self._outcomes: deque[bool] = deque(maxlen=policy.window)  # True = failure
         self._failures_in_window = 0
         self._probes_in_flight = 0
+        self._period = 0
         self.on_change: Callable[[BreakerState], None] | None = None
 
     @property
@@ -82,6 +83,15 @@ class CircuitBreaker:
         if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._open_for:
             self._set(BreakerState.HALF_OPEN)
         return self._state
+
+    @property
+    def period(self) -> int:
+        """Which stretch of one state the breaker is in: bumped at every change of state.
+
+        Read it right after :meth:`allow` admitted a call and hand it back to
+        :meth:`release_probe`, so a call admitted before the current half-open period cannot
+        free a probe slot it never held."""
+        return self._period
 
     def allow(self) -> bool:
         """May a call go through now? In half-open, each ``True`` reserves a probe slot."""
@@ -117,9 +127,11 @@ class CircuitBreaker:
         if (in_a_row is not None and self._consecutive >= in_a_row) or self._rate_exceeded():
             self._trip()
 
-    def release_probe(self) -> None:
-        """A half-open probe ended without a verdict (e.g. cancelled): free its slot."""
-        if self._probes_in_flight:
+    def release_probe(self, admitted_in: int) -> None:
+        """A call admitted in ``admitted_in`` (its :attr:`period`) ended without a verdict
+        (e.g. cancelled): if it was a probe of the current half-open period, free its slot."""
+        if (admitted_in == self._period and self._state is BreakerState.HALF_OPEN
+                and self._probes_in_flight):
             self._probes_in_flight -= 1
 
     def _push(self, failed: bool) -> None:
@@ -149,5 +161,6 @@ class CircuitBreaker:
     def _set(self, state: BreakerState) -> None:
         if state is not self._state:
             self._state = state
+            self._period += 1
             if self.on_change is not None:
                 self.on_change(state)

@@ -117,6 +117,7 @@ class RemoteRunner:
         if not breaker.allow():
             raise RemoteUnavailable(f"{self.model.model_name} at {self.model.url}: circuit "
                                     f"breaker {breaker.state}, not calling the server")
+        admitted_in = breaker.period
         if self._dtype is not None:
             rows = np.asarray(rows, dtype=self._dtype)
         try:
@@ -139,7 +140,7 @@ class RemoteRunner:
             breaker.record_failure()
             raise RemoteError(f"{self._where()}: {type(error).__name__}: {error}") from error
         except BaseException:  # cancelled, or rows the codec cannot send: no verdict
-            breaker.release_probe()
+            breaker.release_probe(admitted_in)
             raise
         predictions = one_per_row(predictions)
         if predictions.ndim == 0 or predictions.shape[0] != rows.shape[0]:
