@@ -3,9 +3,10 @@
 # redis-sentinel (redis+sentinel:// URLs, the two-zone test), haproxy (the two-zone test),
 # prometheus (promtool checks /metrics and the exported alert rules; a test runs a real
 # Prometheus server), wrk (benchmarks), iproute2 (the two-zone test's network namespaces),
-# nats-server (stream tests, with JetStream). Installs only what is missing, and starts the
-# machine's Redis on 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222 if nothing
-# answers there. kubectl (kubectl kustomize renders deploy/kubernetes in the tests) is not
+# nats-server (stream tests, with JetStream), chromium (the dashboard's browser test, driven
+# by Playwright: never `playwright install`, which downloads a browser of its own). Installs
+# only what is missing, and starts the machine's Redis on 127.0.0.1:6379 and NATS with
+# JetStream on 127.0.0.1:4222 if nothing answers there. kubectl (kubectl kustomize renders deploy/kubernetes in the tests) is not
 # installed here: Debian's kubernetes-client is too old for Kustomize v5, and those tests are
 # skipped without it.
 set -euo pipefail
@@ -17,6 +18,7 @@ command -v nats-server >/dev/null || missing+=(nats-server)
 command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2

@@ -143,6 +143,15 @@ def test_plain_payloads_sort_keys_and_sets() -> None:
     assert canonical_json(np.array([1.5, 2.5])) == b"[1.5,2.5]"
 
 
+def test_an_integer_past_64_bits_has_a_key() -> None:
+    """A client may send any integer where an id is expected; a cache keyed on it must not
+    fail the request (orjson writes no integer past 64 bits)."""
+    huge = 11681439657091467493507072
+    by_user = KeyHasher("svc", "features", narrow=lambda payload: payload["user"])
+    assert by_user({"user": huge}) == by_user({"user": huge}) != by_user({"user": huge + 1})
+    assert canonical_json({"b": [huge], "a": 1}) == b'{"a":1,"b":[11681439657091467493507072]}'
+
+
 def test_a_payload_that_is_not_data_raises_type_error() -> None:
     with pytest.raises(TypeError):
         canonical_json({"x": object()})

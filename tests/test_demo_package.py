@@ -107,6 +107,18 @@ def _setuptools_major() -> int:
 
 
 @pytest.mark.slow
+def test_the_wheel_carries_the_dashboard_page(tmp_path: Path) -> None:
+    """``/dashboard`` serves its files from the installed package: each must be in the wheel."""
+    import zipfile
+
+    wheel = build_wheel(tmp_path / "dist", tmp_path)
+    static = REPO / "src" / "buttress" / "dashboard" / "static"
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"buttress/dashboard/static/{p.name}" for p in static.iterdir()} <= shipped
+    assert "buttress/dashboard/query_worker.py" in shipped
+
+
+@pytest.mark.slow
 def test_the_wheel_serves_the_demo_from_an_empty_folder(tmp_path: Path) -> None:
     """pip install the wheel into a new venv: the core alone names the demo extra; with
     ``[demo]``, ``buttress demo`` in an empty folder answers the README's order, with its

@@ -53,7 +53,9 @@ def test_builtin_queries_over_a_real_servers_events(tmp_path: Path) -> None:
 
     stages = {row["stage"]: row for row in insights(tmp_path, "--saved",
                                                     "p99_latency_by_stage")}
-    assert {"(request)", "user_features", "product_features", "discount_model"} <= set(stages)
+    # user 42's features come from the demo's user_features cache (the warm-up's example
+    # order filled it), so that stage never ran: only stages that ran have a time
+    assert {"(request)", "product_features", "discount_model"} <= set(stages)
     assert stages["(request)"]["calls"] == 100
     assert stages["discount_model"]["p99_ms"] >= stages["discount_model"]["p50_ms"]
 

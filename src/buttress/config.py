@@ -11,7 +11,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +28,7 @@ from pydantic_settings import (
 
 from buttress.backends import parse_backend_url
 from buttress.observability.alert_rules import AlertRule
+from buttress.observability.insights import BUILTIN_QUERIES
 from buttress.resilience.durations import seconds
 
 DEFAULT_CONFIG_FILE = "buttress.toml"
@@ -103,6 +111,11 @@ class Settings(BaseSettings):
                                     "([[alerts]] tables; docs/observability.md).")
     alerts_interval: float = Field(15.0, description="Seconds between two evaluations of "
                                    "the alert rules ('15s').")
+    dashboard: bool = Field(True, description="Serve the live dashboard at /dashboard (its "
+                            "data at /dashboard/data); false: both are 404.")
+    dashboard_queries: list[str] | None = Field(
+        None, description="Saved insight queries the dashboard draws; default: every "
+        "[insights.queries] one, mean_discount_by_model_version and p99_latency_by_stage.")
 
     @field_validator("deadline", "max_deadline", "drain_timeout", "alerts_interval",
                      "read_timeout", mode="before")
@@ -187,6 +200,16 @@ class Settings(BaseSettings):
         if duplicated:
             raise ValueError(f"alert names must be unique: {', '.join(duplicated)}")
         return rules
+
+    @field_validator("dashboard_queries")
+    @classmethod
+    def _known_queries(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        insights = info.data.get("insights")
+        known = {*BUILTIN_QUERIES, *(insights.queries if insights is not None else {})}
+        unknown = [name for name in names or () if name not in known]
+        if unknown:
+            raise ValueError(f"unknown saved queries {unknown}; known: {', '.join(sorted(known))}")
+        return names
 
     @field_validator("log_level")
     @classmethod

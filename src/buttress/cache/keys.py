@@ -22,6 +22,7 @@ A payload orjson cannot write raises ``TypeError``: that is a declaration bug, n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -36,6 +37,7 @@ _SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_
 _UNORDERED_TYPES = frozenset({"dict", "any", "json", "set", "frozenset"})
 _CUSTOM_SERIALIZERS = frozenset({"function-plain", "function-wrap"})
 _MAX_PREFIXES = 64
+_BIG_INTEGER = "Integer exceeds 64-bit range"  # orjson's message
 
 
 def cache_key(namespace: str, scope: str, model_version: str, payload: object) -> str:
@@ -103,7 +105,15 @@ def serializer_is_canonical(cls: type) -> bool:
 def _sorted_json(payload: object) -> bytes:
     if isinstance(payload, BaseModel):
         payload = payload.model_dump(mode="python")
-    return orjson.dumps(payload, default=_default, option=_SORTED)
+    try:
+        return orjson.dumps(payload, default=_default, option=_SORTED)
+    except TypeError as error:
+        if str(error) != _BIG_INTEGER:
+            raise
+    # orjson writes no integer past 64 bits (a client's made-up id, say); Python's json does.
+    # A payload holding one always comes here, so its key is the same on every replica.
+    return json.dumps(payload, default=_default, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode()
 
 
 def _has_unordered_part(node: object) -> bool:

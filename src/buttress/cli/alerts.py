@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +21,7 @@ from rich.table import Table
 from buttress.config import ConfigError, Settings, load_settings
 from buttress.observability.alert_rules import AlertRule
 from buttress.observability.alert_values import MetricHistory, query_values
+from buttress.observability.alerts import read_alert_state
 from buttress.observability.exports import exportable, grafana_dashboard, prometheus_rules
 from buttress.resilience.durations import seconds
 
@@ -53,10 +53,9 @@ def _watches(rule: AlertRule) -> str:
 def _states(events_dir: str) -> dict[str, dict[str, Any]]:
     states: dict[str, dict[str, Any]] = {}
     for path in sorted(Path(events_dir).glob("alerts-state-*.json")):
-        try:
-            states.update(orjson.loads(path.read_bytes())["alerts"])
-        except (OSError, ValueError, KeyError):
-            continue
+        state = read_alert_state(path)
+        if state is not None:
+            states.update(state["alerts"])
     return states
 
 

@@ -2,7 +2,8 @@
 
 Serve it with ``buttress demo`` (or ``buttress serve buttress.demo.service:svc``).
 It exercises every layer: a typed input that absorbs a renamed key (``seller_margin``) and
-wrong types, user and product feature look-ups that fall back to default features, a
+wrong types, user and product feature look-ups that fall back to default features (each
+user's cached for 5 minutes: a sub-module cache, for the dashboard's cache panel to show), a
 scikit-learn model behind a deadline and a circuit breaker with a default prediction, served
 from the model registry (``stable``), hot-swapped when the alias moves, and rolled back by
 itself when a promoted version hands out much more discount than the one before.
@@ -120,7 +121,8 @@ async def features(runtime: bt.Runtime) -> bt.FeatureStore:
 
 
 @svc.stage(timeout="30ms", fallback=lambda order: dict(USER_DEFAULTS),
-           category=bt.Category.FEATURES_UNAVAILABLE)
+           category=bt.Category.FEATURES_UNAVAILABLE,
+           cache=bt.Cache(ttl="5min", key=lambda order: order.user.id))
 async def user_features(order: Order, features: bt.FeatureStore,
                         ctx: bt.RequestContext) -> dict[str, Any]:
     lookup = await features.get_many("user", [order.user.id])

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from buttress.dashboard import DashboardData, dashboard_routes
 from buttress.http.admin import admin_routes
 from buttress.http.admin_models import model_routes
 from buttress.http.oip import oip_routes
@@ -76,6 +77,7 @@ def _starlette(runtime: Runtime) -> Starlette:
     registry = Registry(settings.registry_url, models_dir=settings.models_dir,
                         on_change=runtime.metrics.count_model_change,
                         on_refused=runtime.metrics.count_model_refused)
+    dashboard = DashboardData(runtime, registry) if settings.dashboard else None
 
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(openapi)
@@ -87,6 +89,8 @@ def _starlette(runtime: Runtime) -> Starlette:
             yield
         finally:
             try:
+                if dashboard is not None:
+                    await dashboard.aclose()
                 await runtime.stop()
             finally:
                 await registry.aclose()
@@ -98,6 +102,7 @@ def _starlette(runtime: Runtime) -> Starlette:
             *admin_routes(runtime),
             *model_routes(runtime, registry),
             *oip_routes(runtime),
+            *(dashboard_routes(dashboard) if dashboard is not None else []),
         ],
         lifespan=lifespan,
     )

@@ -19,10 +19,14 @@ Snapshot = dict[str, list[tuple[dict[str, str], float]]]
 
 
 class MetricHistory:
-    """Snapshots of the samples the rules read, kept as long as the longest window."""
+    """Snapshots of the samples the rules read, kept as long as the longest window.
 
-    def __init__(self, rules: Sequence[AlertRule]) -> None:
-        self._names: set[str] = set()
+    ``names`` and ``keep`` add samples and time of their own: the dashboard keeps a history of
+    the samples its panels read (``buttress.dashboard``), with no rule at all."""
+
+    def __init__(self, rules: Sequence[AlertRule] = (), *, names: Iterable[str] = (),
+                 keep: float = 0.0) -> None:
+        self._names: set[str] = set(names)
         for rule in rules:
             if rule.metric is None:
                 continue
@@ -31,7 +35,7 @@ class MetricHistory:
                 self._names.add(rule.over)
             if rule.function == "quantile":
                 self._names.add(f"{rule.metric.removesuffix('_bucket')}_bucket")
-        self._keep = max((r.window for r in rules if r.metric), default=0.0)
+        self._keep = max(keep, max((r.window for r in rules if r.metric), default=0.0))
         self._snapshots: deque[tuple[float, Snapshot]] = deque()
 
     def record(self, now: float, families: Iterable[Metric]) -> None:
@@ -44,7 +48,14 @@ class MetricHistory:
         while len(self._snapshots) > 2 and self._snapshots[1][0] <= now - self._keep:
             self._snapshots.popleft()
 
-    def _window(self, now: float, window: float) -> tuple[float, Snapshot, float, Snapshot] | None:
+    @property
+    def latest(self) -> tuple[float, Snapshot] | None:
+        """The last snapshot recorded, with its time."""
+        return self._snapshots[-1] if self._snapshots else None
+
+    def span(self, now: float, window: float) -> tuple[float, Snapshot, float, Snapshot] | None:
+        """The oldest snapshot within ``window`` of ``now`` and the latest, with their times
+        (None until two snapshots exist)."""
         if len(self._snapshots) < 2:
             return None
         then, old = self._snapshots[0]
@@ -62,44 +73,48 @@ class MetricHistory:
         if rule.function == "value":
             if not self._snapshots:
                 return None
-            return _sum(self._snapshots[-1][1], rule.metric, rule.match)
-        span = self._window(now, rule.window)
+            return total(self._snapshots[-1][1], rule.metric, rule.match)
+        span = self.span(now, rule.window)
         if span is None:
             return None
         then, old, latest, new = span
         elapsed = latest - then
         if rule.function == "rate":
-            return _increase(old, new, rule.metric, rule.match) / elapsed
+            return increase(old, new, rule.metric, rule.match) / elapsed
         if rule.function == "ratio":
             assert rule.over is not None
-            denominator = _increase(old, new, rule.over, rule.over_match)
+            denominator = increase(old, new, rule.over, rule.over_match)
             if denominator <= 0:
                 return None
-            return _increase(old, new, rule.metric, rule.match) / denominator
+            return increase(old, new, rule.metric, rule.match) / denominator
         assert rule.quantile is not None
         name = f"{rule.metric.removesuffix('_bucket')}_bucket"
-        return histogram_quantile(rule.quantile, _bucket_increase(old, new, name, rule.match))
+        return histogram_quantile(rule.quantile, bucket_increase(old, new, name, rule.match))
 
 
-def _matches(labels: Mapping[str, str], match: Mapping[str, str]) -> bool:
+def matches(labels: Mapping[str, str], match: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in match.items())
 
 
-def _sum(snapshot: Snapshot, name: str, match: Mapping[str, str]) -> float:
-    return sum(v for labels, v in snapshot.get(name, ()) if _matches(labels, match))
+def total(snapshot: Snapshot, name: str, match: Mapping[str, str]) -> float:
+    """The sum of the samples of ``name`` whose labels include ``match``."""
+    return sum(v for labels, v in snapshot.get(name, ()) if matches(labels, match))
 
 
-def _increase(old: Snapshot, new: Snapshot, name: str, match: Mapping[str, str]) -> float:
+def increase(old: Snapshot, new: Snapshot, name: str, match: Mapping[str, str]) -> float:
+    """How much a counter's matching series grew from ``old`` to ``new``."""
     # a worker restart resets its counters: never a negative rate
-    return max(0.0, _sum(new, name, match) - _sum(old, name, match))
+    return max(0.0, total(new, name, match) - total(old, name, match))
 
 
-def _bucket_increase(old: Snapshot, new: Snapshot, name: str,
-                     match: Mapping[str, str]) -> list[tuple[float, float]]:
+def bucket_increase(old: Snapshot, new: Snapshot, name: str,
+                    match: Mapping[str, str]) -> list[tuple[float, float]]:
+    """A histogram's cumulative ``(le, count)`` buckets of what was observed between the two
+    snapshots, for :func:`histogram_quantile`."""
     def by_le(snapshot: Snapshot) -> dict[float, float]:
         counts: dict[float, float] = {}
         for labels, value in snapshot.get(name, ()):
-            if _matches(labels, match) and "le" in labels:
+            if matches(labels, match) and "le" in labels:
                 le = float(labels["le"])
                 counts[le] = counts.get(le, 0.0) + value
         return counts

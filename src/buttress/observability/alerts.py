@@ -287,18 +287,15 @@ class AlertEvaluator:
         Without this a worker taking over (its predecessor exited or was restarted) would
         start every rule from inactive and notify a firing alert a second time.
         """
-        if self._state_file is None:
-            return
-        try:
-            state = orjson.loads(self._state_file.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+        state = None if self._state_file is None else read_alert_state(self._state_file)
+        if state is None:
             return
         written_at = state.get("written_at")
         if state.get("pid") == os.getpid() or not isinstance(written_at, int | float):
             return
         if self._clock() - written_at > TAKE_OVER_ROUNDS * self.interval + 1.0:
             return  # a previous run's state, not a predecessor's: start afresh
-        for name, saved in (state.get("alerts") or {}).items():
+        for name, saved in state["alerts"].items():
             status = self.statuses.get(name)
             if status is None or saved.get("state") not in (PENDING, FIRING):
                 continue
@@ -322,23 +319,28 @@ def alert_state_file(events_dir: str | Path, service: str) -> Path:
     return Path(events_dir) / f"alerts-state-{service}.json"
 
 
+def read_alert_state(path: str | Path) -> dict[str, Any] | None:
+    """What an evaluator last wrote to ``path`` (``service``, ``pid``, ``written_at`` and
+    ``alerts``: each rule's :meth:`AlertStatus.as_dict`), or None if there is nothing readable:
+    whichever worker evaluates, readers see the same state."""
+    try:
+        state = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("alerts"), dict) else None
+
+
 def evaluator_for(settings: Settings, metrics: ServiceMetrics, service: str, *,
                   emit: Callable[[Event], None],
                   actions: Mapping[str, Action] | None = None) -> AlertEvaluator:
     """The evaluator of a service's ``[[alerts]]``, reading its metrics and its events."""
-
-    async def collect() -> list[Metric]:
-        if not multiprocess_enabled():
-            return metrics.collect()
-        metrics.flush()  # this worker's tally, then every worker's files, off the loop
-        return await asyncio.to_thread(metrics.collect)
-
     # one evaluator per process group: the worker holding the lock in the shared
     # multiprocess directory (a single process evaluates alone)
     lock = (EvaluatorLock(Path(settings.metrics_dir) / "alerts.lock")
             if multiprocess_enabled() else None)
     return AlertEvaluator(
-        settings.alerts, service=service, events_dir=settings.events_dir, collect=collect,
+        settings.alerts, service=service, events_dir=settings.events_dir,
+        collect=metrics.collect_off_loop,
         emit=emit, set_firing=metrics.set_alert_firing, actions=actions,
         saved_queries=settings.insights.queries, interval=settings.alerts_interval, lock=lock,
         state_file=alert_state_file(settings.events_dir, service))

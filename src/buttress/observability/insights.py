@@ -105,15 +105,19 @@ def event_files(directory: str | Path, since: float | None = None) -> list[Path]
     return files
 
 
-def open_events(directory: str | Path, since: float | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the view ``events`` over the event files in ``directory``."""
+def open_events(directory: str | Path, since: float | None = None, *,
+                threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the view ``events`` over the event files in ``directory``.
+
+    ``threads`` caps DuckDB's threads (default: one per core); a server running queries beside
+    its requests (the dashboard) gives it one, so a query never takes every core."""
     import duckdb
 
     files = event_files(directory, since)
     if not files:
         window = "" if since is None else f" written since {time.ctime(since)}"
         raise InsightsError(f"no event files{window} in {str(directory)!r}")
-    connection = duckdb.connect()
+    connection = duckdb.connect(config={"threads": threads} if threads else {})
     names = [str(path) for path in files]
     options = ("format = 'newline_delimited', union_by_name = true, ignore_errors = true, "
                "maximum_object_size = 16777216")
@@ -137,19 +141,43 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def run_query(directory: str | Path, sql: str, since: float | None = None) -> QueryResult:
+def run_query(directory: str | Path, sql: str, since: float | None = None, *,
+              threads: int | None = None) -> QueryResult:
     """Run ``sql`` over the events in ``directory`` (``since``: epoch seconds)."""
+    connection = open_events(directory, since, threads=threads)
+    try:
+        return _execute(connection, sql)
+    finally:
+        connection.close()
+
+
+def run_queries(directory: str | Path, queries: Mapping[str, str], since: float | None = None,
+                *, threads: int | None = None) -> dict[str, QueryResult | InsightsError]:
+    """Several queries (name -> SQL) over one view of the events: the files are listed and
+    their columns inferred once. Each query's result, or the error it alone raised; with no
+    event files at all, :class:`InsightsError` is raised."""
+    connection = open_events(directory, since, threads=threads)
+    results: dict[str, QueryResult | InsightsError] = {}
+    try:
+        for name, sql in queries.items():
+            try:
+                results[name] = _execute(connection, sql)
+            except InsightsError as error:
+                results[name] = error
+    finally:
+        connection.close()
+    return results
+
+
+def _execute(connection: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
     import duckdb
 
-    connection = open_events(directory, since)
     try:
         cursor = connection.execute(sql)
         columns = [d[0] for d in cursor.description or []]
         return QueryResult(columns, cursor.fetchall())
     except duckdb.Error as error:
         raise InsightsError(str(error).strip()) from None
-    finally:
-        connection.close()
 
 
 def saved_query(name: str, saved: Mapping[str, str]) -> str:

@@ -227,6 +227,15 @@ class ServiceMetrics:
             return list(aggregate.collect())
         return list(self.registry.collect())
 
+    async def collect_off_loop(self) -> list[Metric]:
+        """:meth:`collect` for code on the event loop (the alert evaluator, the dashboard):
+        under ``--workers N`` this worker's tally is flushed, then every worker's files are
+        read in a thread."""
+        if not multiprocess_enabled():
+            return self.collect()
+        self.flush()
+        return await asyncio.to_thread(self.collect)
+
 
 async def watch_loop_lag(metrics: ServiceMetrics, period: float = 0.25,
                          report_every: int = 4) -> None:
