@@ -62,7 +62,8 @@ async def consuming(runtime: Runtime, broker: Broker, *, max_in_flight: int = 64
         yield consumer
     finally:
         stop.set()
-        await task
+        async with asyncio.timeout(30):  # a graceful stop that never ends is a failure, not a hang
+            await task
         for closing in (source, sink, dead):
             await closing.aclose()
 
