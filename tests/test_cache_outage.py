@@ -32,10 +32,10 @@ class Outage:
         self.observer = RecordingObserver()
         self.connections = Connections()
         self.cache = ResultCache(
-            Cache(url=f"{server.url}?timeout=50ms"),
+            Cache(url=f"{server.url}?timeout=50ms",
+                  breaker=Breaker(consecutive_failures=3, open_for="2s")),
             namespace=unique_prefix("outage"),
             observer=self.observer,
-            breaker=Breaker(consecutive_failures=3, open_for="2s"),
             clock=self.clock,
         )
 
@@ -149,9 +149,9 @@ async def test_pooled_connections_killed_with_redis_are_replaced_at_once(
     as long as dead connections remain in the pool (16-25 s of fallbacks before)."""
     connections = Connections()
     observer = RecordingObserver()
-    cache = ResultCache(Cache(url=f"{private_redis.url}?timeout=250ms"),
-                          namespace=unique_prefix("restart"), observer=observer,
-                          breaker=Breaker(consecutive_failures=3, open_for="30s"))
+    cache = ResultCache(Cache(url=f"{private_redis.url}?timeout=250ms",
+                              breaker=Breaker(consecutive_failures=3, open_for="30s")),
+                        namespace=unique_prefix("restart"), observer=observer)
     await cache.open(connections)
     try:
         client = connections.redis(private_redis.url)  # the pool the cache uses

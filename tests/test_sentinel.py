@@ -97,7 +97,7 @@ async def test_a_failover_costs_what_redis_being_away_costs(tmp_path: Path) -> N
             states.add(cache.breaker_state)
             if answer != MISS:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
 
         assert answers[-1] == "written before the failover"
         assert MISS in answers  # the outage was seen, and answered as a miss

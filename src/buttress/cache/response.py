@@ -61,7 +61,6 @@ class ResultCache:
         scope: str = "response",
         default_url: str = "memory://",
         observer: CacheObserver | None = None,
-        breaker: Breaker | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``clock`` drives the memory backend's TTL and the breaker (inject it in tests)."""
@@ -73,7 +72,7 @@ class ResultCache:
         self.scope = scope
         self.url = check_url(policy.url or default_url)
         self.key = KeyHasher(namespace, scope, policy.key)
-        self._breaker_policy = breaker or Breaker.for_backend()
+        self._breaker_policy = policy.breaker or Breaker.for_backend()
         self._clock = clock
         self._health = FailOpen(f"{namespace}/{scope}", observer)
         self._flights: SingleFlight[tuple[Any, bool]] = SingleFlight()

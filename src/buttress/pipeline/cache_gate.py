@@ -72,7 +72,7 @@ class CachedComputation:
         self.name = name
         self._stage = None if name == RESPONSE else name
         self.cache = ResultCache(policy, namespace=service, scope=name,
-                                   default_url=default_url, breaker=policy.breaker,
+                                   default_url=default_url,
                                    observer=_CacheMetrics(metrics, name))
 
     def key(self, payload: Any, model_version: str) -> str:
