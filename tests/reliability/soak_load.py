@@ -31,6 +31,12 @@ MAX_BACKLOG = 1.0
 """Seconds the schedule may run behind before the backlog is skipped."""
 REQUEST_TIMEOUT = 10.0
 """A request not answered within this is a transport error."""
+KEEPALIVE_EXPIRY = 4.0
+"""Seconds a connection may sit idle before it is opened anew rather than reused: under the
+server's keep-alive timeout (uvicorn's 5 s), as httpx's ``keepalive_expiry`` (5 s) is under
+common servers' timeouts. At a low rate (a starved machine halves the measured capacity) each
+of the connections idles longer than that, and a request written to a connection the server
+has just closed is a transport error that no server fault caused."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,11 @@ class Connection:
         self.host, self.port = host, port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._idle_since = 0.0
 
     async def exchange(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self._writer is not None and time.monotonic() - self._idle_since > KEEPALIVE_EXPIRY:
+            await self.close()
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         assert self._reader is not None
@@ -120,6 +129,7 @@ class Connection:
         body = await self._reader.readexactly(int(headers["content-length"]))
         if headers.get("connection", "").lower() == "close":
             await self.close()
+        self._idle_since = time.monotonic()
         return status, headers, body
 
     async def close(self) -> None:
