@@ -16,9 +16,13 @@ import orjson
 import pytest
 
 import buttress as bt
+from buttress.pipeline import follow
 from buttress.pipeline.follow import replica_id
+from buttress.pipeline.live import ModelSet
 from buttress.pipeline.runtime import Answer, Runtime
+from buttress.pipeline.warm_up import SLOW_TRIES
 from buttress.registry import Registry
+from buttress.resilience.categories import Category
 from tests.services.registry_model import (
     EXAMPLE,
     broken_file,
@@ -182,6 +186,62 @@ async def test_a_version_that_fails_to_load_or_warm_up_is_never_switched_to(
     swaps = [(e["previous_version"], e["version"]) for e in events(tmp_path, "model")
              if e["action"] == "swap"]
     assert swaps == [("v1", "v5")]
+
+
+def slow_at_first(runtime: Runtime, slow_warm_ups: int) -> list[str]:
+    """The first ``slow_warm_ups`` warm-ups come back as a loaded machine makes them: every
+    model call past its timeout (the model ran; its answers are marked timed out). Returns
+    the outcome of each warm-up, ``slow`` or ``ran``."""
+    real = runtime.warm_up_models
+    outcomes: list[str] = []
+
+    async def warm_up_models(models: ModelSet) -> list[Answer]:
+        answers = await real(models)
+        if len(outcomes) < slow_warm_ups:
+            for answer in answers:
+                answer.context.record(Category.MODEL_TIMEOUT, "scorer", "no answer within 500 ms")
+            outcomes.append("slow")
+        else:
+            outcomes.append("ran")
+        return answers
+
+    runtime.warm_up_models = warm_up_models  # type: ignore[method-assign]
+    return outcomes
+
+
+async def test_a_version_only_too_slow_at_warm_up_is_tried_again_at_the_next_heartbeat(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loaded machine made the new version miss its timeout at warm-up: the replica does
+    not give it up for good (the alias names it), it warms it up again at each heartbeat."""
+    monkeypatch.setattr(follow, "HEARTBEAT", 0.05)
+    async with deployed(tmp_path) as (runtime, registry):
+        outcomes = slow_at_first(runtime, slow_warm_ups=2)
+        await registry.register("scorer", linear_file(tmp_path, 2.0), who="alice")
+        await registry.promote("scorer", "v2", who="alice")
+        await serving(runtime, "v2", within=5)
+        assert outcomes == ["slow", "slow", "ran"]
+    model_events = [(e["action"], e["version"], e.get("tries"))
+                    for e in events(tmp_path, "model")]
+    assert model_events == [("deferred", "v2", 1), ("deferred", "v2", 2), ("swap", "v2", None)]
+
+
+async def test_a_version_too_slow_at_every_warm_up_is_refused_at_last(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(follow, "HEARTBEAT", 0.05)
+    async with deployed(tmp_path) as (runtime, registry):
+        outcomes = slow_at_first(runtime, slow_warm_ups=100)
+        await registry.register("scorer", linear_file(tmp_path, 2.0), who="alice")
+        await registry.promote("scorer", "v2", who="alice")
+        started = time.monotonic()
+        while len(outcomes) < SLOW_TRIES:
+            assert time.monotonic() - started < 10, outcomes
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # ten heartbeats more: none warms v2 up again
+        assert outcomes == ["slow"] * SLOW_TRIES
+        assert runtime.pipeline.model_version == "v1"
+    actions = [(e["action"], e.get("reason")) for e in events(tmp_path, "model")]
+    assert actions == [("deferred", "warm_up_slow")] * (SLOW_TRIES - 1) + [
+        ("refused", "warm_up")]
 
 
 async def test_replaced_versions_are_closed_after_their_requests(tmp_path: Path) -> None:

@@ -11,10 +11,12 @@ For every model stage declared with ``bt.FromRegistry(name, alias)``, a runtime
   can still reach it (the longest deadline, ``max_deadline``, plus a margin). A version that
   fails to load (checksum, untrusted types, a broken file) or to warm up is never switched
   to: it is an event (``kind: model``, ``action: refused``), a log line and a count in
-  ``buttress_model_loads_refused_total``, and the replica keeps serving what it served;
+  ``buttress_model_loads_refused_total``, and the replica keeps serving what it served
+  (a warm-up that was only too slow is tried again at the next heartbeat:
+  ``pipeline/warm_up.py``);
 - **reports** what it serves (``report_serving``, replica ``hostname:pid``) every
   ``HEARTBEAT`` seconds and after every swap; the same loop retries a swap that could not
-  reach the registry (never one that was refused);
+  reach the registry or warmed up too slowly (never one that was refused);
 - **judges a fresh promotion** by the stage's rollback rules (``bt.RollbackRule``): within
   ``watch_for`` after its watcher saw the promote (its own clock, not the promoter's), once
   both versions have ``min_requests`` counted, a rule
@@ -36,10 +38,11 @@ import os
 import socket
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from buttress.observability.events import SCHEMA_VERSION
+from buttress.pipeline.promotion import EXPIRED, Promotion
+from buttress.pipeline.warm_up import SLOW_TRIES, WarmUpProblem, judge
 from buttress.registry import ArtifactRefused, FromRegistry, Registry, RegistryError
 from buttress.registry.watch import RegistryWatcher
 
@@ -48,8 +51,6 @@ if TYPE_CHECKING:
     from buttress.pipeline.live import LiveModel, ModelSet
     from buttress.pipeline.runtime import Runtime
     from buttress.pipeline.stage import StageRuntime
-    from buttress.pipeline.tally import Tally
-    from buttress.registry.rollback_rule import RollbackRule
     from buttress.service import AlertAction
 
 log = logging.getLogger("buttress.registry")
@@ -67,20 +68,6 @@ AUTO_ROLLBACK_ACTOR = "auto-rollback"
 
 def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass
-class _Promotion:
-    """A fresh promotion under watch: the version judged, and the tallies compared."""
-
-    stage: StageRuntime
-    registry: Registry
-    version: str
-    previous_version: str
-    new: Tally
-    previous: Tally
-    promoted_at: float
-    """``time.monotonic()`` when this replica heard of the promotion."""
 
 
 class RegistryModels:
@@ -106,7 +93,9 @@ class RegistryModels:
         self._retiring: dict[asyncio.Task[None], LiveModel] = {}
         self._refused: set[tuple[str, str]] = set()
         """(stage, version) pairs refused: never retried."""
-        self._promotions: dict[str, _Promotion] = {}
+        self._slow: dict[tuple[str, str], int] = {}
+        """(stage, version) -> warm-ups in a row it was too slow at (retried)."""
+        self._promotions: dict[str, Promotion] = {}
         self._swapping = asyncio.Lock()
         """One swap at a time: the watcher's and the heartbeat's catch-up never race."""
 
@@ -202,8 +191,8 @@ class RegistryModels:
             raise
         if problem is not None:
             await live.aclose()
-            self.runtime.metrics.count_model_refused(declared.name, "warm_up")
-            return self._refuse(stage, version, "warm_up", problem)
+            return self._not_warmed(stage, version, problem)
+        self._slow.pop((stage.spec.name, version), None)
         stage.reset_breaker(live)  # warm-up failures, if any, were the candidate's: and now
         # its breaker shows in buttress_breaker_open (a refused one never did)
         previous = pipeline.switch(pipeline.model_set(candidate.live))
@@ -217,17 +206,29 @@ class RegistryModels:
         await self._report(registry, stage)
         return True
 
-    async def _warm_up(self, stage: StageRuntime, candidate: ModelSet) -> str | None:
+    async def _warm_up(self, stage: StageRuntime,
+                       candidate: ModelSet) -> WarmUpProblem | None:
         """None if the candidate's model answered the example; else what went wrong."""
         if self.runtime.service.example is None:
             return None
-        for answer in await self.runtime.warm_up_models(candidate):
-            failed = [f for f in answer.context.fallbacks if f.stage == stage.spec.name]
-            if answer.status != 200 or failed:
-                why = failed[0] if failed else answer.context.error
-                detail = f"{why.category.value}: {why.detail}" if why else f"status {answer.status}"
-                return f"the example failed at warm-up ({detail})"
-        return None
+        return judge(await self.runtime.warm_up_models(candidate), stage.spec.name)
+
+    def _not_warmed(self, stage: StageRuntime, version: str, problem: WarmUpProblem) -> bool:
+        """A slow warm-up is tried again at the next heartbeat (``pipeline/warm_up.py``);
+        a broken one, or one slow :data:`SLOW_TRIES` times in a row, is refused."""
+        key = (stage.spec.name, version)
+        tries = self._slow.get(key, 0) + 1
+        if problem.slow and tries < SLOW_TRIES:
+            self._slow[key] = tries
+            log.warning("model %s: %s too slow at warm-up (try %d of %d), again in %.0fs: %s",
+                        _declared(stage).name, version, tries, SLOW_TRIES, HEARTBEAT,
+                        problem.detail)
+            self._emit(stage, "deferred", version, stage.version, reason="warm_up_slow",
+                       detail=problem.detail, tries=tries)
+            return False
+        self._slow.pop(key, None)
+        self.runtime.metrics.count_model_refused(_declared(stage).name, "warm_up")
+        return self._refuse(stage, version, "warm_up", problem.detail)
 
     def _refuse(self, stage: StageRuntime, version: str, reason: str, detail: str) -> bool:
         self._refused.add((stage.spec.name, version))
@@ -288,7 +289,7 @@ class RegistryModels:
         now = self.runtime.pipeline.models
         if now.tally is None or previous.tally is None:
             return
-        self._promotions[stage.spec.name] = _Promotion(
+        self._promotions[stage.spec.name] = Promotion(
             stage, registry, version, previous_version, now.tally, previous.tally,
             self._heard(registry, stage))
 
@@ -307,11 +308,11 @@ class RegistryModels:
             await asyncio.sleep(RULE_CHECK_EVERY)
             now = time.monotonic()
             for name, promotion in list(self._promotions.items()):
-                verdict = _verdict(promotion, now)
+                verdict = promotion.verdict(now)
                 if verdict is None:
                     continue
                 del self._promotions[name]
-                if verdict is not _EXPIRED:
+                if verdict is not EXPIRED:
                     rule, new, old = verdict
                     await self._roll_back(promotion.registry, promotion.stage,
                                           promotion.version, rule.name, rule.describe(new, old),
@@ -366,25 +367,6 @@ class RegistryModels:
             "stage": stage.spec.name, "action": action, "version": version,
             "previous_version": previous_version, "replica": self.replica,
             "pid": os.getpid(), **fields})
-
-
-_EXPIRED: Any = object()
-
-
-def _verdict(promotion: _Promotion, now: float) -> tuple[RollbackRule, float, float] | Any:
-    """The first rule the new version breaks (rule, new value, previous value); ``_EXPIRED``
-    once every rule's watch is over; None while there is nothing to decide yet."""
-    watching = False
-    for rule in promotion.stage.spec.rollback:
-        if now > promotion.promoted_at + rule.watch_seconds:
-            continue
-        watching = True
-        new, old = promotion.new.value(rule), promotion.previous.value(rule)
-        if new is None or old is None or min(new[1], old[1]) < rule.min_requests:
-            continue
-        if rule.breached(new[0], old[0]):
-            return rule, new[0], old[0]
-    return None if watching else _EXPIRED
 
 
 def _declared(stage: StageRuntime) -> FromRegistry:
