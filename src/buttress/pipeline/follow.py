@@ -192,7 +192,8 @@ class RegistryModels:
         if problem is not None:
             await live.aclose()
             return self._not_warmed(stage, version, problem)
-        self._slow.pop((stage.spec.name, version), None)
+        # "in a row": a version that warmed up ends every count of this stage's slow ones
+        self._slow = {key: n for key, n in self._slow.items() if key[0] != stage.spec.name}
         stage.reset_breaker(live)  # warm-up failures, if any, were the candidate's: and now
         # its breaker shows in buttress_breaker_open (a refused one never did)
         previous = pipeline.switch(pipeline.model_set(candidate.live))
